@@ -1,0 +1,375 @@
+"""Research exports: what each (kind, format) writes, inline streams, background jobs, API tokens.
+
+Kinds and formats:
+
+* ``pairs``: ``jsonl`` (fixed schema read by the reward-model trainer), ``csv``, ``parquet``, ``hf`` (a zip
+  of a folder that Hugging Face ``datasets`` loads as ``imagefolder``).
+* ``rankings``: ``jsonl``, ``csv``, ``parquet`` (one record per consensus; ``raw`` adds every expert's
+  ranking with a hashed annotator id), ``itercomp`` (IterComp's per-prompt JSON), ``imagereward``
+  (ImageReward's ``{id, prompt, generations, ranking}`` JSON).
+
+JSONL and CSV stream with bounded memory whatever their size. The other formats are built in a temporary
+file; above settings.EXPORT_INLINE_MAX_ROWS rows, and always for ``hf`` (it carries the images), they run
+as an :class:`ExportJob` in a worker and the result is downloaded from storage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from annotation.exporters import pairs
+from annotation.exporters.filters import ExportFilters, FilterError
+from annotation.models import ExportJob, JobStatus
+from annotation.roles import is_researcher
+
+logger = logging.getLogger(__name__)
+
+FORMATS: dict[str, tuple[str, ...]] = {
+    "pairs": ("jsonl", "csv", "parquet", "hf"),
+    "rankings": ("jsonl", "csv", "parquet", "itercomp", "imagereward"),
+}
+STREAMING_FORMATS = frozenset({"jsonl", "csv"})
+EXTENSIONS = {
+    "jsonl": "jsonl",
+    "csv": "csv",
+    "parquet": "parquet",
+    "hf": "zip",
+    "itercomp": "json",
+    "imagereward": "json",
+}
+CONTENT_TYPES = {
+    "jsonl": "application/x-ndjson",
+    "csv": "text/csv; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+    "zip": "application/zip",
+    "json": "application/json",
+}
+
+Progress = Callable[[int], None]
+
+
+class ExportError(ValueError):
+    """The export request is not valid (unknown kind or format, bad filter)."""
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    kind: str
+    format: str
+    filters: ExportFilters
+
+    def __post_init__(self) -> None:
+        if self.kind not in FORMATS:
+            raise ExportError(f"unknown export kind {self.kind!r}; choose one of {sorted(FORMATS)}")
+        if self.format not in FORMATS[self.kind]:
+            raise ExportError(
+                f"{self.kind} cannot be exported as {self.format!r}; choose one of {list(FORMATS[self.kind])}"
+            )
+
+    @classmethod
+    def parse(cls, kind: str, format: str, params) -> ExportSpec:
+        try:
+            return cls(kind=kind, format=format, filters=ExportFilters.from_mapping(params))
+        except FilterError as exc:
+            raise ExportError(str(exc)) from None
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.extension]
+
+    @property
+    def streams(self) -> bool:
+        return self.format in STREAMING_FORMATS
+
+    def filename(self, stem: str | None = None) -> str:
+        return f"{stem or self.kind}.{self.extension}"
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading: rows and records of a spec
+# --------------------------------------------------------------------------------------------------------
+
+
+def export_count(spec: ExportSpec) -> int:
+    from annotation.selectors_research import consensus_for_export, pairs_for_export
+
+    if spec.kind == "pairs":
+        return pairs_for_export(spec.filters).count()
+    return consensus_for_export(spec.filters).count()
+
+
+def _pair_rows(spec: ExportSpec, lookups: tuple[str, ...] = pairs.PAIR_LOOKUPS) -> Iterator[tuple]:
+    from annotation.selectors_research import pairs_for_export
+
+    qs = pairs_for_export(spec.filters).order_by("id").values_list(*lookups)
+    # A server-side cursor: PostgreSQL hands the rows over chunk by chunk.
+    return qs.iterator(chunk_size=settings.EXPORT_CHUNK_SIZE)
+
+
+def _ranking_records(spec: ExportSpec) -> Iterator[dict]:
+    from annotation.selectors_research import consensus_for_export, ranking_records
+
+    return ranking_records(
+        consensus_for_export(spec.filters), chunk_size=min(settings.EXPORT_CHUNK_SIZE, 2000)
+    )
+
+
+def _counting(rows, progress: Progress | None, every: int):
+    n = 0
+    for row in rows:
+        yield row
+        n += 1
+        if progress and n % every == 0:
+            progress(n)
+    if progress:
+        progress(n)
+
+
+def export_stream(spec: ExportSpec, progress: Progress | None = None) -> Iterator[bytes]:
+    """The export as byte chunks (JSONL, CSV and the JSON formats; not Parquet or hf)."""
+    salt = settings.ANNOTATOR_ID_SALT
+    every = settings.EXPORT_CHUNK_SIZE
+    if spec.kind == "pairs":
+        rows = _counting(_pair_rows(spec), progress, every)
+        if spec.format == "jsonl":
+            return pairs.jsonl_chunks(rows)
+        if spec.format == "csv":
+            return pairs.csv_chunks(rows)
+    else:
+        from annotation.exporters import rankings
+
+        records = _counting(_ranking_records(spec), progress, min(every, 1000))
+        if spec.format == "jsonl":
+            return rankings.jsonl_chunks(records, raw=spec.filters.raw, salt=salt)
+        if spec.format == "csv":
+            return rankings.csv_chunks(records, raw=spec.filters.raw, salt=salt)
+        if spec.format == "itercomp":
+            return rankings.json_array_chunks(records, rankings.itercomp_record)
+        if spec.format == "imagereward":
+            return rankings.json_array_chunks(records, rankings.imagereward_record)
+    raise ExportError(f"{spec.kind}/{spec.format} is not written as a byte stream")
+
+
+def export_write(spec: ExportSpec, fh: BinaryIO, progress: Progress | None = None) -> None:
+    """Write any single-file format (everything but ``hf``) to a binary file object."""
+    if spec.format == "parquet":
+        if spec.kind == "pairs":
+            pairs.write_parquet(_pair_rows(spec), fh, progress=progress)
+        else:
+            from annotation.exporters import rankings
+
+            rankings.write_parquet(
+                _ranking_records(spec),
+                fh,
+                raw=spec.filters.raw,
+                salt=settings.ANNOTATOR_ID_SALT,
+                progress=progress,
+            )
+        return
+    if spec.format == "hf":
+        raise ExportError("the hf format is a folder; use export_write_hf")
+    pairs.write_chunks(export_stream(spec, progress), fh)
+
+
+def _open_image(name: str) -> BinaryIO:
+    return default_storage.open(name, "rb")
+
+
+def export_write_hf(spec: ExportSpec, root: Path, progress: Progress | None = None) -> int:
+    """Write the pairs and their images as a Hugging Face imagefolder under ``root``."""
+    if spec.kind != "pairs" or spec.format != "hf":
+        raise ExportError("only pairs are exported as a Hugging Face folder")
+    from annotation.exporters import hf
+
+    return hf.write_hf_folder(_pair_rows(spec), root, _open_image, progress=progress)
+
+
+def export_to_tempfile(spec: ExportSpec, progress: Progress | None = None) -> BinaryIO:
+    """The finished export in a temporary file (rewound), for a one-request download or a job."""
+    out = tempfile.TemporaryFile()
+    if spec.format == "hf":
+        from annotation.exporters import hf
+
+        with tempfile.TemporaryDirectory(prefix="hf-export-") as folder:
+            export_write_hf(spec, Path(folder), progress)
+            hf.zip_folder(Path(folder), out)
+    else:
+        export_write(spec, out, progress)
+    out.seek(0)
+    return out
+
+
+def export_fits_one_request(spec: ExportSpec) -> bool:
+    """Streaming formats always fit; files are built in one request only up to EXPORT_INLINE_MAX_ROWS."""
+    if spec.streams:
+        return True
+    if spec.format == "hf":
+        return False
+    return export_count(spec) <= settings.EXPORT_INLINE_MAX_ROWS
+
+
+# --------------------------------------------------------------------------------------------------------
+# Background jobs
+# --------------------------------------------------------------------------------------------------------
+
+
+def spec_of(job: ExportJob) -> ExportSpec:
+    return ExportSpec.parse(job.kind, job.format, job.filters)
+
+
+@transaction.atomic
+def export_job_create(*, requested_by, spec: ExportSpec) -> ExportJob:
+    """Record an export job and hand it to a worker once this transaction commits."""
+    if not is_researcher(requested_by):
+        raise PermissionError("only researchers and admins export data")
+    job = ExportJob.objects.create(
+        requested_by=requested_by, kind=spec.kind, format=spec.format, filters=spec.filters.to_json()
+    )
+    from annotation.tasks import export_run
+
+    transaction.on_commit(lambda: export_run.delay(job_id=job.pk))
+    return job
+
+
+def _stale_before():
+    # A run older than the default queue's hard time limit was killed; its job may be claimed again.
+    limit = settings.CELERY_DEFAULT_SOFT_TIME_LIMIT_S + 60
+    return timezone.now() - dt.timedelta(seconds=limit)
+
+
+@transaction.atomic
+def export_job_claim(*, job_id: int) -> bool:
+    """Claim a queued (or abandoned) job; exactly one worker wins, a redelivered duplicate gets False."""
+    claimed = (
+        ExportJob.objects.filter(pk=job_id)
+        .filter(Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, started_at__lt=_stale_before()))
+        .update(
+            status=JobStatus.RUNNING,
+            started_at=timezone.now(),
+            attempts=F("attempts") + 1,
+            rows_done=0,
+            error="",
+        )
+    )
+    return claimed == 1
+
+
+@transaction.atomic
+def export_job_progress(*, job_id: int, rows_done: int, rows_total: int | None = None) -> None:
+    fields: dict[str, object] = {"rows_done": rows_done}
+    if rows_total is not None:
+        fields["rows_total"] = rows_total
+    ExportJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(**fields)
+
+
+@transaction.atomic
+def export_job_finish(*, job_id: int, file_name: str, rows: int) -> None:
+    ExportJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        status=JobStatus.DONE, file=file_name, rows_done=rows, rows_total=rows, finished_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def export_job_fail(*, job_id: int, error: str) -> None:
+    ExportJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
+        status=JobStatus.FAILED, error=error[:2000], finished_at=timezone.now()
+    )
+
+
+def export_job_run(*, job_id: int) -> str:
+    """Run a claimed job: count, write the file with progress, store it, mark the job done.
+
+    Deliberately not one transaction: the progress updates must be visible to the polling page while the
+    file is being written, and a long transaction would hold a snapshot for nothing.
+    """
+    if not export_job_claim(job_id=job_id):
+        return "not claimed"
+    job = ExportJob.objects.get(pk=job_id)
+    try:
+        spec = spec_of(job)
+        total = export_count(spec)
+        export_job_progress(job_id=job_id, rows_done=0, rows_total=total)
+        done = {"rows": 0}
+
+        def progress(n: int) -> None:
+            done["rows"] = n
+            export_job_progress(job_id=job_id, rows_done=n)
+
+        with export_to_tempfile(spec, progress) as out:
+            name = default_storage.save(
+                f"exports/{job.pk}/{spec.filename(f'{spec.kind}-{job.pk}')}", File(out)
+            )
+        export_job_finish(job_id=job_id, file_name=name, rows=done["rows"] or total)
+        return JobStatus.DONE
+    except Exception as exc:  # a failed export must show as failed, not stay "running" forever
+        logger.exception("export job %s failed", job_id)
+        export_job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+        return JobStatus.FAILED
+
+
+# Claims of one job beyond this (each one a worker that died holding it) fail the job with the reason.
+EXPORT_MAX_ATTEMPTS = 3
+
+
+@transaction.atomic
+def export_jobs_reconcile(*, after: dt.timedelta) -> dict[str, list[int]]:
+    """The database is the source of truth for jobs; Redis keeps nothing on disk.
+
+    Re-sends jobs queued for longer than ``after`` (their message may have been lost with a broker restart)
+    and jobs whose worker died while running them (running past the hard time limit). A job already claimed
+    that many times is failed with its reason instead of being tried forever. A duplicate message is harmless:
+    ``export_job_claim`` lets exactly one delivery run.
+    """
+    from annotation.tasks import export_run
+
+    lost = Q(status=JobStatus.QUEUED, created_at__lt=timezone.now() - after)
+    abandoned = Q(status=JobStatus.RUNNING, started_at__lt=_stale_before())
+    resent: list[int] = []
+    failed: list[int] = []
+    for job in ExportJob.objects.filter(lost | abandoned).select_for_update(skip_locked=True).order_by("pk"):
+        if job.status == JobStatus.RUNNING and job.attempts >= EXPORT_MAX_ATTEMPTS:
+            ExportJob.objects.filter(pk=job.pk).update(
+                status=JobStatus.FAILED,
+                error=f"worker lost: the export was started {job.attempts} times and never finished",
+                finished_at=timezone.now(),
+            )
+            failed.append(job.pk)
+            continue
+        transaction.on_commit(lambda pk=job.pk: export_run.delay(job_id=pk))
+        resent.append(job.pk)
+    if resent or failed:
+        logger.warning("export reconciler: re-sent %s, failed %s", resent, failed)
+    return {"resent": resent, "failed": failed}
+
+
+# --------------------------------------------------------------------------------------------------------
+# API tokens for scripts
+# --------------------------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def api_token_rotate(*, user):
+    """Replace the user's API token with a new one (the old one stops working at once)."""
+    from rest_framework.authtoken.models import Token
+
+    if not is_researcher(user):
+        raise PermissionError("only researchers and admins get API tokens")
+    Token.objects.filter(user=user).delete()
+    return Token.objects.create(user=user)

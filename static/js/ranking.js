@@ -1,0 +1,406 @@
+/* Ranking by keyboard, click and drag and drop.
+ *
+ * The server-rendered form works on its own (one rank <select> per image). This script only keeps those
+ * selects in step with a faster way of choosing: press the images' numbers best first, click them in
+ * order, or drag them into the "Your ranking" slots. CSP allows scripts from 'self' only, so everything
+ * is wired here with addEventListener; nothing inline in the templates.
+ */
+(function () {
+  "use strict";
+
+  document.documentElement.classList.add("js");
+
+  const PANEL_KEYS = { g: "guidelines", "?": "shortcuts" };
+  const SWAP_ON_ERROR = [400, 403, 404, 409];
+  const prefetched = []; // keep Image objects alive until they have loaded
+
+  /* ------------------------------------------------------------------ state per ranking form */
+
+  function Ranker(form) {
+    this.form = form;
+    this.n = parseInt(form.dataset.count, 10) || 0;
+    this.allowTies = form.dataset.ties === "true";
+    this.groups = []; // tie groups of labels, best first
+    this.history = []; // labels in the order they were placed, for undo
+    this.tieArmed = false;
+    this.panel = document.querySelector('.slots[data-form="' + form.id + '"]');
+    this.panelSection = this.panel ? this.panel.closest(".order") : null;
+    this.status = this.panelSection ? this.panelSection.querySelector(".order-status") : null;
+    this.readSelects();
+    this.wire();
+    this.render();
+  }
+
+  Ranker.prototype.select = function (label) {
+    return document.querySelector('select[name="rank_' + label + '"][form="' + this.form.id + '"]');
+  };
+
+  Ranker.prototype.card = function (label) {
+    return this.form.querySelector('.cand[data-label="' + label + '"]');
+  };
+
+  Ranker.prototype.readSelects = function () {
+    // After a refused submission the server sends the choices back; start from them.
+    const byRank = new Map();
+    for (let label = 1; label <= this.n; label++) {
+      const sel = this.select(label);
+      const value = sel ? parseInt(sel.value, 10) : NaN;
+      if (!Number.isNaN(value)) {
+        if (!byRank.has(value)) byRank.set(value, []);
+        byRank.get(value).push(label);
+      }
+    }
+    const ranks = Array.from(byRank.keys()).sort(function (a, b) { return a - b; });
+    this.groups = ranks.map(function (r) { return byRank.get(r); });
+    if (!this.allowTies) {
+      // Duplicated ranks cannot be shown as one group here: split them, keep their order.
+      const flat = [];
+      this.groups.forEach(function (g) { g.forEach(function (l) { flat.push([l]); }); });
+      this.groups = flat;
+    }
+    this.history = [].concat.apply([], this.groups);
+  };
+
+  Ranker.prototype.placed = function () {
+    return [].concat.apply([], this.groups);
+  };
+
+  Ranker.prototype.rankOf = function (label) {
+    let rank = 1;
+    for (const group of this.groups) {
+      if (group.indexOf(label) >= 0) return rank;
+      rank += group.length;
+    }
+    return null;
+  };
+
+  Ranker.prototype.remove = function (label) {
+    this.groups = this.groups
+      .map(function (g) { return g.filter(function (l) { return l !== label; }); })
+      .filter(function (g) { return g.length > 0; });
+    this.history = this.history.filter(function (l) { return l !== label; });
+  };
+
+  Ranker.prototype.complete = function () {
+    return this.placed().length === this.n;
+  };
+
+  Ranker.prototype.announce = function (text) {
+    if (this.status) this.status.textContent = text;
+  };
+
+  /* Place next (keyboard, click) — or tied with the last group when "=" was pressed first. */
+  Ranker.prototype.place = function (label) {
+    if (label < 1 || label > this.n) return;
+    const already = this.rankOf(label);
+    if (already !== null) {
+      this.tieArmed = false;
+      this.announce("Image " + label + " is already at place " + already + ". Backspace undoes the last placement.");
+      this.render(false);
+      return;
+    }
+    if (this.tieArmed && this.allowTies && this.groups.length) {
+      this.groups[this.groups.length - 1].push(label);
+    } else {
+      this.groups.push([label]);
+    }
+    this.tieArmed = false;
+    this.history.push(label);
+    this.render();
+    this.announce("Image " + label + " placed " + ordinal(this.rankOf(label)) +
+      (this.complete() ? ". All placed — press Enter to submit." : "."));
+  };
+
+  /* Drag and drop: put an image at a slot. On a filled slot it takes that place (the others move down),
+   * or joins it as a tie where the category allows ties. */
+  Ranker.prototype.placeAt = function (label, slotIndex) {
+    this.remove(label);
+    if (slotIndex >= this.groups.length) {
+      this.groups.push([label]);
+    } else if (this.allowTies) {
+      this.groups[slotIndex].push(label);
+    } else {
+      this.groups.splice(slotIndex, 0, [label]);
+    }
+    this.history.push(label);
+    this.render();
+    this.announce("Image " + label + " placed " + ordinal(this.rankOf(label)) + ".");
+  };
+
+  Ranker.prototype.undo = function () {
+    const label = this.history.pop();
+    if (label === undefined) {
+      this.announce("Nothing to undo.");
+      return;
+    }
+    this.remove(label);
+    this.render();
+    this.announce("Removed image " + label + ".");
+  };
+
+  Ranker.prototype.clear = function () {
+    this.groups = [];
+    this.history = [];
+    this.render();
+    this.announce("Cleared.");
+  };
+
+  Ranker.prototype.render = function () {
+    const self = this;
+    for (let label = 1; label <= this.n; label++) {
+      const rank = this.rankOf(label);
+      const sel = this.select(label);
+      if (sel) sel.value = rank === null ? "" : String(rank);
+      const card = this.card(label);
+      if (!card) continue;
+      card.classList.toggle("placed", rank !== null);
+      const badge = card.querySelector(".cand-rank");
+      if (badge) badge.textContent = rank === null ? "" : ordinal(rank);
+      const pick = card.querySelector(".cand-pick");
+      if (pick) {
+        pick.setAttribute("aria-pressed", rank === null ? "false" : "true");
+        pick.setAttribute("aria-label", "Image " + label + (rank === null ? ", not placed" : ", placed " + ordinal(rank)));
+      }
+    }
+    if (this.panel) {
+      const slots = this.panel.querySelectorAll(".slot");
+      slots.forEach(function (slot, i) {
+        const body = slot.querySelector(".slot-body");
+        const group = self.groups[i];
+        slot.classList.toggle("filled", !!group);
+        slot.classList.toggle("next", i === self.groups.length && !self.complete());
+        body.textContent = "";
+        if (group) {
+          group.forEach(function (label) {
+            const chip = document.createElement("span");
+            chip.className = "chip";
+            chip.draggable = true;
+            chip.dataset.label = String(label);
+            const img = self.card(label) && self.card(label).querySelector("img");
+            if (img) {
+              const thumb = document.createElement("img");
+              thumb.src = img.currentSrc || img.src;
+              thumb.alt = "";
+              thumb.draggable = false;
+              chip.appendChild(thumb);
+            }
+            const text = document.createElement("span");
+            text.textContent = "Image " + label;
+            chip.appendChild(text);
+            body.appendChild(chip);
+          });
+        } else {
+          body.textContent = i === 0 ? "Best" : i === slots.length - 1 ? "Worst" : "";
+        }
+      });
+    }
+    const submit = document.querySelector('button[type="submit"][form="' + this.form.id + '"]');
+    if (submit) submit.classList.toggle("ready", this.complete());
+    this.form.classList.toggle("complete", this.complete());
+  };
+
+  Ranker.prototype.submit = function () {
+    if (!this.complete()) {
+      const missing = this.n - this.placed().length;
+      this.announce("Place " + missing + " more image" + (missing === 1 ? "" : "s") + " before submitting.");
+      return;
+    }
+    const button = document.querySelector('button[type="submit"][form="' + this.form.id + '"]');
+    if (this.form.requestSubmit) this.form.requestSubmit(button || undefined);
+    else this.form.submit();
+  };
+
+  Ranker.prototype.wire = function () {
+    const self = this;
+    this.form.querySelectorAll(".cand").forEach(function (card) {
+      const label = parseInt(card.dataset.label, 10);
+      const pick = card.querySelector(".cand-pick");
+      pick.addEventListener("click", function () {
+        if (self.rankOf(label) !== null) {
+          self.remove(label);
+          self.render();
+          self.announce("Removed image " + label + ".");
+        } else {
+          self.place(label);
+        }
+      });
+      card.addEventListener("dragstart", function (e) {
+        e.dataTransfer.setData("text/plain", String(label));
+        e.dataTransfer.effectAllowed = "move";
+        card.classList.add("dragging");
+      });
+      card.addEventListener("dragend", function () { card.classList.remove("dragging"); });
+    });
+    const grid = this.form.querySelector(".cands");
+    if (grid) {
+      // Dropping a chip back onto the images takes it out of the ranking.
+      grid.addEventListener("dragover", function (e) { e.preventDefault(); });
+      grid.addEventListener("drop", function (e) {
+        const label = parseInt(e.dataTransfer.getData("text/plain"), 10);
+        if (!Number.isNaN(label) && e.dataTransfer.getData("application/x-from-slot") === "1") {
+          e.preventDefault();
+          self.remove(label);
+          self.render();
+          self.announce("Removed image " + label + ".");
+        }
+      });
+    }
+    if (this.panel) {
+      this.panel.addEventListener("dragstart", function (e) {
+        const chip = e.target.closest && e.target.closest(".chip");
+        if (!chip) return;
+        e.dataTransfer.setData("text/plain", chip.dataset.label);
+        e.dataTransfer.setData("application/x-from-slot", "1");
+        e.dataTransfer.effectAllowed = "move";
+      });
+      this.panel.querySelectorAll(".slot").forEach(function (slot) {
+        slot.addEventListener("dragover", function (e) {
+          e.preventDefault();
+          e.dataTransfer.dropEffect = "move";
+          slot.classList.add("over");
+        });
+        slot.addEventListener("dragleave", function () { slot.classList.remove("over"); });
+        slot.addEventListener("drop", function (e) {
+          e.preventDefault();
+          slot.classList.remove("over");
+          const label = parseInt(e.dataTransfer.getData("text/plain"), 10);
+          if (!Number.isNaN(label)) self.placeAt(label, parseInt(slot.dataset.pos, 10));
+        });
+      });
+    }
+    document.querySelectorAll('[data-action][data-form="' + this.form.id + '"]').forEach(function (button) {
+      button.addEventListener("click", function () {
+        if (button.dataset.action === "undo") self.undo();
+        if (button.dataset.action === "clear") self.clear();
+      });
+    });
+    // Someone using the selects directly (JS on, but they prefer them): follow their choice.
+    this.form.querySelectorAll("select").forEach(function (sel) {
+      sel.addEventListener("change", function () {
+        self.readSelects();
+        self.render();
+      });
+    });
+  };
+
+  /* ------------------------------------------------------------------ page-level wiring */
+
+  function ordinal(n) {
+    const s = ["th", "st", "nd", "rd"];
+    const v = n % 100;
+    return n + (s[(v - 20) % 10] || s[v] || s[0]);
+  }
+
+  function activeRanker() {
+    const form = document.querySelector("form.ranker");
+    return form && form._ranker ? form._ranker : null;
+  }
+
+  function typing(target) {
+    if (!target || !target.tagName) return false;
+    const tag = target.tagName;
+    return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || target.isContentEditable;
+  }
+
+  function openPanel(name) {
+    const panel = document.querySelector('details[data-panel="' + name + '"]');
+    if (!panel) return;
+    panel.open = !panel.open;
+    if (panel.open) {
+      const field = panel.querySelector("textarea, input:not([type=hidden])");
+      (field || panel.querySelector("summary")).focus();
+    }
+  }
+
+  function closePanels() {
+    let closed = false;
+    document.querySelectorAll("details[data-panel][open]").forEach(function (panel) {
+      panel.open = false;
+      closed = true;
+    });
+    return closed;
+  }
+
+  document.addEventListener("keydown", function (e) {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (e.key === "Escape") {
+      if (closePanels()) {
+        e.preventDefault();
+        const title = document.getElementById("task-title");
+        if (title) title.focus();
+      }
+      return;
+    }
+    if (typing(e.target)) return;
+    const ranker = activeRanker();
+    if (!ranker) return;
+    const key = e.key;
+    if (/^[1-9]$/.test(key)) {
+      e.preventDefault();
+      ranker.place(parseInt(key, 10));
+    } else if (key === "=" && ranker.allowTies) {
+      e.preventDefault();
+      ranker.tieArmed = ranker.groups.length > 0;
+      ranker.announce(ranker.tieArmed ? "Tie: press the number of the image tied with the last place." : "Place an image first.");
+    } else if (key === "Backspace") {
+      e.preventDefault();
+      ranker.undo();
+    } else if (key === "Enter") {
+      // Links and other buttons keep their own Enter; image cards and the page submit the ranking.
+      const t = e.target;
+      const own = t && t.closest && (t.closest("a, summary") || (t.closest("button") && !t.closest(".cand-pick")));
+      if (own) return;
+      e.preventDefault();
+      ranker.submit();
+    } else if (key === "s" || key === "S") {
+      const skip = document.querySelector("form.skip-form");
+      if (skip) {
+        e.preventDefault();
+        skip.requestSubmit ? skip.requestSubmit() : skip.submit();
+      }
+    } else if (key === "f" || key === "F") {
+      e.preventDefault();
+      openPanel("flag");
+    } else if (PANEL_KEYS[key]) {
+      e.preventDefault();
+      openPanel(PANEL_KEYS[key]);
+    }
+  });
+
+  function prefetch(root) {
+    root.querySelectorAll("[data-prefetch] [data-url]").forEach(function (link) {
+      const img = new Image();
+      img.decoding = "async";
+      img.src = link.dataset.url;
+      prefetched.push(img);
+      if (prefetched.length > 32) prefetched.shift();
+    });
+  }
+
+  function init(root) {
+    (root || document).querySelectorAll("form.ranker").forEach(function (form) {
+      if (!form._ranker) form._ranker = new Ranker(form);
+    });
+    prefetch(root || document);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { init(document); });
+
+  // htmx swaps a new task in after each submit: wire it, and move focus to its prompt so the keyboard
+  // user (and a screen reader) lands on the new task.
+  document.addEventListener("htmx:afterSettle", function (e) {
+    const target = e.detail && e.detail.elt ? e.detail.elt : document;
+    const scope = document.getElementById("task") || target;
+    init(scope);
+    const title = document.getElementById("task-title");
+    if (title && scope.contains(title)) title.focus({ preventScroll: false });
+  });
+
+  // A refused submission comes back as 4xx with the task and the reason; show it in place.
+  document.addEventListener("htmx:beforeSwap", function (e) {
+    if (SWAP_ON_ERROR.indexOf(e.detail.xhr.status) >= 0) {
+      e.detail.shouldSwap = true;
+      e.detail.isError = false;
+    }
+  });
+})();

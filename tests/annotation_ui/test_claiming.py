@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from annotation.models import ClaimStatus, Ranking, TaskClaim
+from annotation.services.ranking import (
+    LeaseExpired,
+    ranking_submit,
+    task_claim_next,
+    task_claims_ensure,
+    task_release,
+)
+from gallery.models import Category
+from tests.annotation_ui.conftest import rank_fields
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def spatial():
+    return Category.objects.get(slug="spatial")
+
+
+def _submit(claim, user, order=None):
+    import uuid
+
+    order = order or list(range(1, len(claim.shown_order) + 1))
+    fields = {k: [v] for k, v in rank_fields(order).items()}
+    return ranking_submit(claim_id=claim.pk, annotator=user, fields=fields, idempotency_key=uuid.uuid4())
+
+
+def test_a_claim_holds_the_tasks_images_in_a_stored_shuffled_order(
+    make_user, task_factory, spatial, settings
+):
+    settings.GOLD_TASK_RATE = 0
+    task = task_factory(n_images=8)
+    orders = []
+    for _ in range(6):
+        task.required_rankings += 1
+        task.save()
+        claim = task_claim_next(annotator=make_user("annotator"), category=spatial)
+        assert claim.task_id == task.pk
+        assert sorted(claim.shown_order) == sorted(task.task_images.values_list("image_id", flat=True))
+        orders.append(tuple(claim.shown_order))
+    # Six annotators, 8! orders: the same order for all would mean no shuffling.
+    assert len(set(orders)) > 1
+
+
+def test_an_annotator_never_gets_the_same_task_twice(make_user, task_factory, spatial, settings):
+    settings.GOLD_TASK_RATE = 0
+    first, second = task_factory(required=5), task_factory(required=5)
+    ann = make_user("annotator")
+    a = task_claim_next(annotator=ann, category=spatial)
+    b = task_claim_next(annotator=ann, category=spatial)
+    assert {a.task_id, b.task_id} == {first.pk, second.pk}
+    assert task_claim_next(annotator=ann, category=spatial) is None
+    # Not even after ranking or skipping them.
+    _submit(a, ann)
+    task_release(claim_id=b.pk, annotator=ann, kind="skip")
+    assert task_claim_next(annotator=ann, category=spatial) is None
+
+
+def test_a_task_gives_out_exactly_its_k_slots(make_user, task_factory, spatial, settings):
+    settings.GOLD_TASK_RATE = 0
+    task = task_factory(required=2)
+    claims = [task_claim_next(annotator=make_user("annotator"), category=spatial) for _ in range(3)]
+    assert [c is not None for c in claims] == [True, True, False]
+    assert {c.task_id for c in claims[:2]} == {task.pk}
+
+
+def test_an_expired_lease_goes_back_into_the_queue_and_cannot_be_submitted(
+    make_user, task_factory, spatial, settings
+):
+    settings.GOLD_TASK_RATE = 0
+    task_factory(required=1)
+    late, punctual = make_user("annotator"), make_user("annotator")
+    claim = task_claim_next(annotator=late, category=spatial)
+    assert task_claim_next(annotator=punctual, category=spatial) is None
+    TaskClaim.objects.filter(pk=claim.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    taken = task_claim_next(annotator=punctual, category=spatial)
+    assert taken is not None and taken.task_id == claim.task_id
+    claim.refresh_from_db()
+    assert claim.status == ClaimStatus.EXPIRED
+    with pytest.raises(LeaseExpired, match="expired"):
+        _submit(claim, late)
+    assert Ranking.objects.count() == 0
+
+
+def test_a_skipped_slot_is_offered_to_the_next_annotator(make_user, task_factory, spatial, settings):
+    settings.GOLD_TASK_RATE = 0
+    task = task_factory(required=1)
+    first = task_claim_next(annotator=make_user("annotator"), category=spatial)
+    flag = task_release(claim_id=first.pk, annotator=first.annotator, kind="skip", reason="")
+    assert flag.kind == "skip" and flag.task_id == task.pk
+    assert task_claim_next(annotator=make_user("annotator"), category=spatial).task_id == task.pk
+
+
+def test_a_full_task_is_marked_complete_after_commit_and_leaves_the_queue(
+    make_user, task_factory, spatial, settings, django_capture_on_commit_callbacks, monkeypatch
+):
+    import annotation.services.ranking as ranking_module
+
+    monkeypatch.setattr(ranking_module, "_schedule_consensus", lambda task_id: None)
+    settings.GOLD_TASK_RATE = 0
+    task = task_factory(required=2)
+    for _ in range(2):
+        user = make_user("annotator")
+        with django_capture_on_commit_callbacks(execute=True):
+            _submit(task_claim_next(annotator=user, category=spatial), user)
+        task.refresh_from_db()
+        assert task.status == ("open" if Ranking.objects.count() < 2 else "complete")
+    assert task.status == "complete"
+    assert task_claim_next(annotator=make_user("annotator"), category=spatial) is None
+
+
+@pytest.mark.parametrize(
+    ("rate", "expected_gold"), [(0.25, [False, False, False, True] * 2), (0.0, [False] * 8)]
+)
+def test_gold_tasks_are_interleaved_at_the_configured_rate(
+    make_user, task_factory, spatial, settings, rate, expected_gold
+):
+    settings.GOLD_TASK_RATE = rate
+    for _ in range(8):
+        task_factory(required=1)
+        task_factory(required=1, gold=True)
+    ann = make_user("annotator")
+    got = []
+    for _ in range(8):
+        claim = task_claim_next(annotator=ann, category=spatial)
+        got.append(claim.task.is_gold)
+    assert got == expected_gold
+
+
+def test_the_page_holds_the_current_task_and_the_next_one(make_user, task_factory, spatial, settings):
+    settings.GOLD_TASK_RATE = 0
+    t1, t2, _ = task_factory(), task_factory(), task_factory()
+    ann = make_user("annotator")
+    pair = task_claims_ensure(annotator=ann, category=spatial)
+    assert (pair.current.task_id, pair.upcoming.task_id) == (t1.pk, t2.pk)
+    again = task_claims_ensure(annotator=ann, category=spatial)
+    assert (again.current.pk, again.upcoming.pk) == (pair.current.pk, pair.upcoming.pk)
+    assert TaskClaim.objects.filter(annotator=ann).count() == 2
+
+
+def test_tasks_of_other_categories_are_not_offered(make_user, task_factory, spatial, settings):
+    settings.GOLD_TASK_RATE = 0
+    task_factory(category="non_spatial")
+    assert task_claim_next(annotator=make_user("annotator"), category=spatial) is None

@@ -1,0 +1,128 @@
+"""The README's run command, end to end, on embedded PostgreSQL and embedded Redis in a scratch folder."""
+
+from __future__ import annotations
+
+import http.cookiejar
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Browser:
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+        )
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+        request = urllib.request.Request(self.base + path, headers=headers or {})
+        try:
+            with self.opener.open(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def post(self, path: str, data: dict[str, str], csrf_from: str) -> tuple[int, str]:
+        _, page = self.get(csrf_from)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        body = urllib.parse.urlencode({**data, "csrfmiddlewaretoken": token}).encode()
+        request = urllib.request.Request(
+            self.base + path, data=body, headers={"Referer": self.base + csrf_from}
+        )
+        with self.opener.open(request, timeout=10) as response:
+            return response.status, response.read().decode()
+
+
+def test_run_command_brings_up_web_worker_and_embedded_servers(tmp_path):
+    port = _free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_", "CELERY_", "SECURE_", "DJANGO_"))
+    }
+    env.update(
+        {
+            "STUDIO_VAR": str(tmp_path / "var"),
+            "STUDIO_PORT": str(port),
+            "STUDIO_EMBEDDED_REDIS": "1",
+            "DEBUG": "1",
+            "MEDIA_ROOT": str(tmp_path / "media"),
+        }
+    )
+    env.pop("SECRET_KEY", None)
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/studio.py", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if "IterComp Studio is up" in line:
+                break
+        text = "".join(output)
+        assert "IterComp Studio is up" in text, text
+        assert "embedded PostgreSQL running" in text and "embedded Redis running" in text
+        password = re.search(r"admin\s+admin\s+password: (\S+)", text).group(1)
+
+        browser = Browser(f"http://127.0.0.1:{port}")
+        status = None
+        for _ in range(100):  # gunicorn needs a moment to bind
+            try:
+                status, page = browser.get("/accounts/login/")
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert status == 200 and "Log in" in page
+
+        browser.post(
+            "/accounts/login/", {"username": "admin", "password": password}, csrf_from="/accounts/login/"
+        )
+        _, page = browser.post("/ops/ping/", {}, csrf_from="/ops/health/")
+        task_id = re.search(r'data-task-id="([^"]+)"', page).group(1)
+        done = ""
+        for _ in range(150):
+            status, done = browser.get(f"/ops/ping/{task_id}/")
+            if 'data-done="true"' in done:
+                break
+            time.sleep(0.2)
+        assert 'data-done="true"' in done and "SUCCESS" in done
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest, _ = proc.communicate()
+    assert proc.returncode == 0, "".join(output) + rest
+    assert "stopped" in rest
+    # The embedded PostgreSQL stopped with its last holder.
+    assert not (tmp_path / "var" / "pg" / "postmaster.pid").exists()

@@ -1,0 +1,22 @@
+"""Short schemathesis run (bench/fuzz_api.py with 3 examples per operation): no API operation answers 5xx
+to schema-generated input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_schema_generated_requests_to_every_api_operation_never_get_a_server_error():
+    done = subprocess.run(
+        [sys.executable, "bench/fuzz_api.py", "--examples", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = done.stdout[-4000:] + done.stderr[-2000:]
+    assert done.returncode == 0, out
+    assert "Tested:" in out, out

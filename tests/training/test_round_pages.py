@@ -1,0 +1,173 @@
+from __future__ import annotations
+
+import pytest
+
+from gallery.models import Category
+from training.models import RoundStatus, TrainingRound
+from training.services import StageTicket, round_claim_stage, round_create, round_heartbeat
+
+pytestmark = pytest.mark.django_db
+
+FORM = {
+    "categories": [],
+    "base_model": "synthetic-world",
+    "iterations": 1,
+    "seed": 0,
+    "reward_epochs": 1,
+    "reward_learning_rate": 1e-5,
+    "reward_freeze_fraction": 0.7,
+    "feedback_steps": 10,
+    "feedback_learning_rate": 1e-5,
+    "sampling_steps": 20,
+    "late_steps": 5,
+    "guidance_scale": 3,
+    "lora": "on",
+    "lora_rank": 4,
+    "samples_per_prompt": 1,
+    "share_of_prompts": 0.5,
+    "prompts_per_category": 8,
+}
+
+
+def _form(**overrides):
+    data = {**FORM, "categories": [c.pk for c in Category.objects.filter(slug="spatial")]}
+    data.update(overrides)
+    return data
+
+
+@pytest.mark.parametrize("role", ["annotator", "researcher"])
+def test_only_admins_can_start_or_cancel_rounds(client, make_user, role):
+    admin = make_user("admin")
+    r = round_create(
+        created_by=admin,
+        categories=list(Category.objects.all()[:1]),
+        base_generator=None,
+        iterations=1,
+        config={},
+    )
+    client.force_login(make_user(role))
+    assert client.get("/training/rounds/new/").status_code == 403
+    assert client.post("/training/rounds/new/", _form()).status_code == 403
+    assert client.post(f"/training/rounds/{r.pk}/cancel/").status_code == 403
+    assert client.post(f"/training/rounds/{r.pk}/resume/").status_code == 403
+    assert TrainingRound.objects.get(pk=r.pk).status == RoundStatus.QUEUED
+
+
+def test_annotators_cannot_see_rounds_and_researchers_can(client, make_user):
+    client.force_login(make_user("annotator"))
+    assert client.get("/training/rounds/").status_code == 403
+    client.force_login(make_user("researcher"))
+    assert client.get("/training/rounds/").status_code == 200
+
+
+def test_an_admin_starts_a_round_from_the_form_with_the_chosen_settings(client, make_user):
+    client.force_login(make_user("admin"))
+    response = client.post("/training/rounds/new/", _form(feedback_steps=25, lora=""))
+    r = TrainingRound.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/training/rounds/{r.pk}/"
+    assert r.config["feedback"]["steps"] == 25 and r.config["feedback"]["lora"] is False
+    assert list(r.categories.values_list("slug", flat=True)) == ["spatial"]
+    page = client.get(response["Location"])
+    assert b"Queued" in page.content or b"queued" in page.content
+
+
+def test_invalid_settings_are_shown_in_the_form_and_nothing_is_created(client, make_user):
+    client.force_login(make_user("admin"))
+    response = client.post("/training/rounds/new/", _form(late_steps=50, sampling_steps=20))
+    assert response.status_code == 400
+    assert b"late steps must be between 1 and the sampling steps" in response.content
+    assert not TrainingRound.objects.exists()
+
+
+def test_progress_partial_shows_stage_progress_and_stops_polling_when_the_round_ends(client, make_user):
+    admin = make_user("admin")
+    client.force_login(admin)
+    r = round_create(
+        created_by=admin,
+        categories=list(Category.objects.filter(slug="spatial")),
+        base_generator=None,
+        iterations=1,
+        config={"base_model": "synthetic-world"},
+    )
+    round_claim_stage(ticket=StageTicket(r.pk, "training_rewards", 0), worker="w")
+    round_heartbeat(
+        round_id=r.pk,
+        worker="w",
+        progress={"label": "reward spatial", "step": 5, "total": 20, "metrics": {"loss": 0.5}},
+    )
+    live = client.get(f"/training/rounds/{r.pk}/progress/", HTTP_HX_REQUEST="true")
+    assert live.status_code == 200
+    assert b"step 5 / 20" in live.content and b'aria-valuenow="25"' in live.content
+    assert b'hx-trigger="every 1s"' in live.content
+    client.post(f"/training/rounds/{r.pk}/cancel/")
+    from training.services import round_stop_cancelled
+
+    round_stop_cancelled(round_id=r.pk, worker="w")
+    ended = client.get(f"/training/rounds/{r.pk}/progress/", HTTP_HX_REQUEST="true")
+    assert ended.status_code == 286
+    assert b"hx-trigger" not in ended.content
+
+
+def _round_with_results(admin):
+    import hashlib
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from training.models import RewardModelCheckpoint
+    from training.services import round_record_metric
+
+    r = round_create(
+        created_by=admin,
+        categories=list(Category.objects.filter(slug="spatial")),
+        base_generator=None,
+        iterations=1,
+        config={"base_model": "synthetic-world"},
+    )
+    data = b"checkpoint tar bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    name = default_storage.save(f"checkpoints/reward/{sha}.tar", ContentFile(data))
+    RewardModelCheckpoint.objects.create(
+        training_round=r,
+        category=Category.objects.get(slug="spatial"),
+        iteration=0,
+        file=name,
+        sha256=sha,
+        metrics={"val_accuracy": 0.81, "test_accuracy": 0.79},
+    )
+    for step, (reward, heldout) in enumerate([(0.1, 0.30), (0.5, 0.34), (0.9, 0.28)]):
+        round_record_metric(
+            round_id=r.pk,
+            stage="guard",
+            iteration=0,
+            step=step * 10,
+            data={"step": step * 10, "reward": reward, "heldout": heldout},
+        )
+    return r, data
+
+
+def test_round_page_draws_the_dashboards_and_offers_their_numbers(client, make_user):
+    admin = make_user("admin")
+    r, _ = _round_with_results(admin)
+    client.force_login(make_user("researcher"))
+    page = client.get(f"/training/rounds/{r.pk}/")
+    assert page.status_code == 200
+    assert b"Reward hacking signal" in page.content and b"<polyline" in page.content
+    data = client.get(f"/training/rounds/{r.pk}/figures/hacking-signal.json").json()
+    assert [row["heldout"] for row in data["rows"]] == [0.30, 0.34, 0.28]
+    csv_text = client.get(f"/training/rounds/{r.pk}/figures/reward-accuracy.csv").content.decode()
+    assert csv_text.splitlines()[0].startswith("iteration,category,val_accuracy")
+    assert "spatial,0.81" in csv_text
+
+
+def test_checkpoints_download_for_researchers_only(client, make_user):
+    from training.models import RewardModelCheckpoint
+
+    r, data = _round_with_results(make_user("admin"))
+    checkpoint = RewardModelCheckpoint.objects.get(training_round=r)
+    url = f"/training/checkpoints/reward/{checkpoint.pk}/download/"
+    client.force_login(make_user("annotator"))
+    assert client.get(url).status_code == 403
+    client.force_login(make_user("researcher"))
+    response = client.get(url)
+    assert response.status_code == 200 and b"".join(response.streaming_content) == data

@@ -1,0 +1,82 @@
+"""Command line: `python -m training.ml.world pretrain --out DIR --seed 0 ...` and `sample`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .model import PRETRAINED_DIR, WorldDiffusionModel, WorldModelConfig
+from .pretrain import PretrainConfig, pretrain
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    return tuple(int(c) for c in text.split(","))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m training.ml.world")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("pretrain", help="pretrain the base diffusion model on rendered scenes")
+    defaults = PretrainConfig()
+    model_defaults = WorldModelConfig()
+    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--steps", type=int, default=defaults.steps)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--lr", type=float, default=defaults.learning_rate)
+    train.add_argument("--threads", type=int, default=defaults.threads)
+    train.add_argument("--channels", type=_channels, default=model_defaults.block_out_channels)
+    train.add_argument("--prediction-type", default=model_defaults.prediction_type)
+    train.add_argument(
+        "--attention-levels", type=int, default=model_defaults.attention_levels
+    )  # None: all but 32 px
+
+    sample = commands.add_parser("sample", help="write a PNG grid of samples for prompts")
+    sample.add_argument("prompts", nargs="+")
+    sample.add_argument("--model", type=Path, default=PRETRAINED_DIR)
+    sample.add_argument("--out", type=Path, required=True)
+    sample.add_argument("--seeds", type=int, default=4)
+    sample.add_argument("--steps", type=int, default=25)
+    sample.add_argument("--guidance", type=float, default=3.0)
+
+    args = parser.parse_args(argv)
+    if args.command == "pretrain":
+        model_config = WorldModelConfig(
+            block_out_channels=args.channels,
+            prediction_type=args.prediction_type,
+            attention_levels=args.attention_levels,
+        )
+        config = PretrainConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            seed=args.seed,
+            threads=args.threads,
+            model=model_config,
+        )
+        command = "python -m training.ml.world " + " ".join(shlex.quote(a) for a in argv)
+        _, record = pretrain(config, out=args.out, command=command)
+        print(f"saved to {args.out} after {record['wall_seconds']}s ({record['seconds_per_step']}s/step)")
+        return 0
+
+    model = WorldDiffusionModel.from_pretrained(args.model)
+    rows = []
+    for prompt in args.prompts:
+        images = model.sample([prompt] * args.seeds, list(range(args.seeds)), args.steps, args.guidance)
+        rows.append(np.concatenate(list(images.permute(0, 2, 3, 1).numpy()), axis=1))
+    grid = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

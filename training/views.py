@@ -1,0 +1,222 @@
+from __future__ import annotations
+
+import csv
+import io
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from annotation.roles import is_admin, is_researcher
+from training import selectors
+from training.forms import RoundForm
+from training.models import DiffusionCheckpoint, RewardModelCheckpoint, TrainingRound
+from training.services import RoundError, round_cancel, round_create, round_resume
+
+HTMX_STOP_POLLING = 286
+
+
+def _require(check, request: HttpRequest, what: str) -> None:
+    if not check(request.user):
+        raise PermissionDenied(what)
+
+
+@login_required
+@require_GET
+def round_list(request: HttpRequest) -> HttpResponse:
+    _require(is_researcher, request, "Only admins and researchers can see training rounds.")
+    return render(request, "training/round_list.html", {"rounds": selectors.round_list()[:100]})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def round_new(request: HttpRequest) -> HttpResponse:
+    _require(is_admin, request, "Only admins can start training rounds.")
+    form = RoundForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            training_round = round_create(
+                created_by=request.user,
+                categories=list(form.cleaned_data["categories"]),
+                base_generator=form.cleaned_data["base_generator"],
+                iterations=form.cleaned_data["iterations"],
+                config=form.cleaned_data["config"].to_dict(),
+            )
+        except RoundError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Round {training_round.pk} queued.")
+            return redirect("training:round-detail", pk=training_round.pk)
+    return render(request, "training/round_new.html", {"form": form}, status=400 if form.errors else 200)
+
+
+def _detail_context(training_round: TrainingRound, *, figures: bool = False) -> dict[str, object]:
+    context = {
+        "round": training_round,
+        "progress": selectors.round_progress(training_round),
+        "logs": selectors.round_recent_logs(training_round),
+    }
+    if figures:
+        context["figures"] = _figures(training_round)
+        context["reward_checkpoints"] = training_round.reward_checkpoints.select_related("category").order_by(
+            "iteration"
+        )
+        context["diffusion_checkpoints"] = training_round.diffusion_checkpoints.select_related(
+            "generator"
+        ).order_by("iteration")
+    return context
+
+
+@login_required
+@require_GET
+def round_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    _require(is_researcher, request, "Only admins and researchers can see training rounds.")
+    training_round = get_object_or_404(TrainingRound, pk=pk)
+    return render(request, "training/round_detail.html", _detail_context(training_round, figures=True))
+
+
+@login_required
+@require_GET
+def round_progress(request: HttpRequest, pk: int) -> HttpResponse:
+    _require(is_researcher, request, "Only admins and researchers can see training rounds.")
+    training_round = get_object_or_404(TrainingRound, pk=pk)
+    context = _detail_context(training_round)
+    if not request.htmx:
+        return render(request, "training/round_detail.html", _detail_context(training_round, figures=True))
+    response = render(request, "training/round_detail.html#progress", context)
+    if context["progress"]["terminal"]:
+        response.status_code = HTMX_STOP_POLLING
+    return response
+
+
+@login_required
+@require_POST
+def round_cancel_view(request: HttpRequest, pk: int) -> HttpResponse:
+    _require(is_admin, request, "Only admins can cancel training rounds.")
+    try:
+        round_cancel(round_id=get_object_or_404(TrainingRound, pk=pk).pk)
+    except RoundError as exc:
+        messages.error(request, str(exc))
+    return redirect("training:round-detail", pk=pk)
+
+
+@login_required
+@require_POST
+def round_resume_view(request: HttpRequest, pk: int) -> HttpResponse:
+    _require(is_admin, request, "Only admins can resume training rounds.")
+    try:
+        round_resume(round_id=get_object_or_404(TrainingRound, pk=pk).pk)
+    except RoundError as exc:
+        messages.error(request, str(exc))
+    return redirect("training:round-detail", pk=pk)
+
+
+FIGURES = {
+    "reward-accuracy": selectors.reward_accuracy_rows,
+    "hacking-signal": selectors.guard_curve_rows,
+    "iteration-scores": selectors.iteration_score_rows,
+    "win-share": selectors.win_share_rows,
+}
+
+
+def _figures(training_round: TrainingRound) -> list[dict[str, str]]:
+    from training.charts import line_chart
+
+    accuracy = selectors.reward_accuracy_rows(training_round)
+    by_category: dict[str, list[tuple[float, float]]] = {}
+    for row in accuracy:
+        if row["val_accuracy"] is not None:
+            by_category.setdefault(row["category"], []).append((row["iteration"], row["val_accuracy"]))
+    guard = selectors.guard_curve_rows(training_round)
+    signal: dict[str, list[tuple[float, float]]] = {}
+    markers = []
+    for iteration in sorted({row["iteration"] for row in guard}):
+        points = [row for row in guard if row["iteration"] == iteration]
+        signal[f"optimised reward (it {iteration + 1})"] = [(r["step"], r["reward"]) for r in points]
+        signal[f"held-out (it {iteration + 1})"] = [(r["step"], r["heldout"]) for r in points]
+    for stop in selectors.guard_stops(training_round):
+        if stop["best_step"] is not None:
+            markers.append((stop["best_step"], f"kept (it {stop['iteration'] + 1}, {stop['stop_reason']})"))
+    scores = selectors.iteration_score_rows(training_round)
+    wins = selectors.win_share_rows(training_round)
+    return [
+        {
+            "name": "reward-accuracy",
+            "svg": line_chart(
+                "Reward models: held-out pair accuracy", by_category, x_label="iteration", y_label="accuracy"
+            ),
+        },
+        {
+            "name": "hacking-signal",
+            "svg": line_chart(
+                "Reward hacking signal: optimised vs held-out",
+                signal,
+                x_label="ReFL step",
+                y_label="score",
+                markers=markers,
+            ),
+        },
+        {
+            "name": "iteration-scores",
+            "svg": line_chart(
+                "Held-out score per iteration (oracle in the synthetic world)",
+                {
+                    "held-out": [
+                        (r["iteration"], r["heldout_kept"]) for r in scores if r["heldout_kept"] is not None
+                    ],
+                    "reward": [
+                        (r["iteration"], r["reward_kept"]) for r in scores if r["reward_kept"] is not None
+                    ],
+                },
+                x_label="iteration",
+                y_label="score",
+            ),
+        },
+        {
+            "name": "win-share",
+            "svg": line_chart(
+                "Newest base model's share of first places in human rankings",
+                {"win share": [(r["iteration"], r["win_share"]) for r in wins if r["win_share"] is not None]},
+                x_label="iteration",
+                y_label="share",
+            ),
+        },
+    ]
+
+
+@login_required
+@require_GET
+def round_figure_data(request: HttpRequest, pk: int, name: str, fmt: str) -> HttpResponse:
+    _require(is_researcher, request, "Only admins and researchers can see training rounds.")
+    training_round = get_object_or_404(TrainingRound, pk=pk)
+    if name not in FIGURES:
+        raise Http404("unknown figure")
+    rows = FIGURES[name](training_round)
+    if fmt == "json":
+        return JsonResponse({"figure": name, "round": pk, "rows": rows})
+    buffer = io.StringIO()
+    fields = list(rows[0]) if rows else []
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    response = HttpResponse(buffer.getvalue(), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="round{pk}-{name}.csv"'
+    return response
+
+
+@login_required
+@require_GET
+def checkpoint_download(request: HttpRequest, kind: str, pk: int) -> FileResponse:
+    _require(is_researcher, request, "Only admins and researchers can download checkpoints.")
+    model = {"reward": RewardModelCheckpoint, "diffusion": DiffusionCheckpoint}.get(kind)
+    if model is None:
+        raise Http404("unknown checkpoint kind")
+    checkpoint = get_object_or_404(model, pk=pk)
+    handle = default_storage.open(checkpoint.file.name, "rb")
+    return FileResponse(
+        handle, as_attachment=True, filename=f"{kind}-checkpoint-{pk}-{checkpoint.sha256[:12]}.tar"
+    )
