@@ -1,0 +1,149 @@
+"""Algorithm 1 end to end at toy size: gallery → rewards → ReFL → sampling → insertion → bigger D."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+# One torch thread for every test here (the fixture is autouse) and the small world model config.
+from tests.ml.test_refl_world import SMALL, _one_thread  # noqa: F401
+from training.ml.loop import LoopConfig, conservative_refl, loop_prompts, main, rank_gallery, run_loop
+from training.ml.refl.config import GuardConfig
+from training.ml.world.model import WorldDiffusionModel
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("base")
+    WorldDiffusionModel(SMALL).save_pretrained(path)
+    return path
+
+
+def tiny_config(out, base, **overrides) -> LoopConfig:
+    refl = dataclasses.replace(
+        conservative_refl(max_steps=2),
+        num_inference_steps=3,
+        late_steps=2,
+        pretrain_batch_size=2,
+        guard=GuardConfig(every=1, patience=3, num_inference_steps=2),
+    )
+    values = dict(
+        output_dir=str(out),
+        iterations=1,
+        base_model_path=str(base),
+        categories=("spatial",),
+        prompts_per_category=3,
+        val_prompts_per_subcategory=1,
+        reward_hidden=32,
+        reward_layers=1,
+        reward_epochs=1,
+        refl=refl,
+        pretrain_images=4,
+    )
+    values.update(overrides)
+    return LoopConfig(**values)
+
+
+def test_one_iteration_inserts_samples_keeps_human_order_and_writes_checkpoints(tmp_path, tiny_base):
+    out = tmp_path / "loop"
+    config = tiny_config(out, tiny_base)
+    gallery_only = rank_gallery(config, loop_prompts(config)[0], tmp_path / "gallery_only")
+    human_before = {p.prompt_id: p.ordering for p in gallery_only.prompts}
+    stages = []
+    result = run_loop(tiny_config(out, tiny_base), lambda stage, step, total, m: stages.append(stage))
+
+    rankings = json.loads((out / "iter_1" / "rankings.json").read_text())
+    assert len(rankings["rankings"]) == 3
+    for entry in rankings["rankings"]:
+        flat = [i for group in entry["ordering"] for i in group]
+        human = [i for i in flat if i in set(entry["human"])]
+        # The simulated experts' consensus is unchanged, only model samples were slotted into it.
+        assert human == [i for group in human_before[entry["prompt_id"]] for i in group]
+        assert len(flat) == 6 + 1
+    sources = {img["id"]: img["source"] for img in rankings["images"]}
+    assert sum(s == "model" for s in sources.values()) == 3
+
+    before = sum(1 for _ in (out / "iter_0" / "pairs.jsonl").open())
+    after = sum(1 for _ in (out / "iter_1" / "pairs.jsonl").open())
+    # Each prompt gains one ranked image: C(7, 2) - C(6, 2) = 6 new pairs per prompt.
+    assert (before, after) == (3 * 15, 3 * 21)
+    model_pairs = [json.loads(line) for line in (out / "iter_1" / "pairs.jsonl").open()]
+    assert sum(p["source"] == "model" for p in model_pairs) == 3 * 6
+
+    metrics = json.loads((out / "iter_0" / "metrics.json").read_text())
+    assert metrics["dataset_after"]["pairs"] == after
+    assert metrics["expansion"]["inserted"] == 3
+    assert [c["step"] for c in metrics["refl_curve"]] == [1, 2]
+    assert "val/heldout" in metrics["refl_curve"][0]
+    assert (result.refl_checkpoints[0] / "checkpoint.json").is_file()
+    assert (result.reward_checkpoints[0]["spatial"] / "checkpoint.json").is_file()
+    assert {"iter0/reward/spatial", "iter0/refl", "iter0/expand"} <= set(stages)
+
+
+def test_validation_prompts_never_overlap_the_ranked_prompts(tmp_path, tiny_base):
+    config = tiny_config(tmp_path, tiny_base, categories=("attribute_binding", "spatial", "non_spatial"))
+    data, validation = loop_prompts(config)
+    assert len(data) == 9 and len(validation) == 5
+    assert not {p for p, _ in data} & set(validation)
+
+
+def test_config_refuses_lora_chaining_and_empty_categories(tmp_path, tiny_base):
+    with pytest.raises(ValueError, match="full"):
+        tiny_config(tmp_path, tiny_base, refl=dataclasses.replace(conservative_refl(), train_mode="lora"))
+    with pytest.raises(ValueError, match="categories"):
+        tiny_config(tmp_path, tiny_base, categories=())
+
+
+def test_command_line_runs_the_loop_from_a_config_file(tmp_path, tiny_base, capsys):
+    from training.ml.common import config_to_dict
+
+    config = config_to_dict(tiny_config(tmp_path / "ignored", tiny_base))
+    path = tmp_path / "loop.json"
+    path.write_text(json.dumps(config))
+    assert main(["--out", str(tmp_path / "cli"), "--config", str(path), "--refl-steps", "1"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["iteration"] == 0 and line["inserted"] == 3
+    saved = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert saved["refl"]["max_steps"] == 1 and saved["output_dir"] == str(tmp_path / "cli")
+
+
+def test_refl_command_line_finetunes_the_world_model_with_the_oracle_guard(tmp_path, tiny_base, capsys):
+    from training.ml.common import config_to_dict
+    from training.ml.refl.cli import main as refl_main
+    from training.ml.refl.stage import ReFLStageConfig, RewardSource, apply_refl_checkpoint
+    from training.ml.refl.world_adapter import load_world_adapter
+    from training.ml.reward.checkpoint import save_reward_model
+    from training.ml.reward.config import RewardModelConfig
+    from training.ml.reward.model import build_reward_model
+
+    reward = save_reward_model(build_reward_model(RewardModelConfig.tiny("spatial"), seed=0), tmp_path / "rm")
+    refl = tiny_config(tmp_path, tiny_base).refl
+    stage = ReFLStageConfig(
+        refl=refl,
+        output_dir=str(tmp_path / "unused"),
+        family="world",
+        base_model_path=str(tiny_base),
+        rewards=(RewardSource("spatial", str(reward)),),
+    )
+    (tmp_path / "stage.json").write_text(json.dumps(config_to_dict(stage)))
+    (tmp_path / "train.txt").write_text("a red circle to the left of a blue square\n")
+    (tmp_path / "val.txt").write_text("a green square above a yellow circle\n")
+    argv = ["finetune", "--config", str(tmp_path / "stage.json"), "--prompts", str(tmp_path / "train.txt")]
+    argv += [
+        "--validation-prompts",
+        str(tmp_path / "val.txt"),
+        "--heldout",
+        "oracle",
+        "--pretrain-renders",
+        "4",
+    ]
+    assert refl_main([*argv, "--output", str(tmp_path / "refl")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    # The guard ran (step 0 plus every step) and the chosen checkpoint loads back into a fresh base model.
+    assert [e["step"] for e in summary["guard_history"]] == [0, 1, 2]
+    assert summary["checkpoint"] == str(tmp_path / "refl" / "best")
+    apply_refl_checkpoint(load_world_adapter(tiny_base), summary["checkpoint"])
