@@ -1,0 +1,308 @@
+"""Learning validity of Algorithm 1 on the synthetic world: does the oracle (never optimised) improve?
+
+Runs ``training.ml.loop.run_loop`` for K iterations from the world base model (D_0: the six gallery
+generators ranked by the simulated expert panel; three reward models retrained on D_k every iteration;
+conservative multi-reward ReFL with the oracle guard on validation prompts; new samples inserted by
+reward score), then evaluates p_0 .. p_K on held-out grammar prompts (never seen by pretraining, the
+loop's data or the guard), every model on the same fixed noise:
+
+- mean oracle score per category and overall, and the paired difference vs p_0 with a 95 % bootstrap
+  interval that resamples prompts (all seeds of a prompt move together);
+- baselines on the same prompts: p_0 with higher classifier-free guidance; best-of-N reranking of p_0
+  with the last iteration's reward models (``training.ml.refl.best_of_n``); best-of-N of p_K;
+- the reward-vs-oracle curve of every ReFL run at its guard evaluations (validation prompts), printed
+  and plotted to bench/out/refl_loop_curves.png; a sample grid, p_0 vs p_K on the same noise, to
+  bench/out/refl_loop_samples.png.
+
+    .venv/bin/python bench/refl_loop.py [--iterations 3] [--reuse] [sizes: see --help]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.ml.loop import LoopConfig, conservative_refl, load_policy, print_progress, run_loop  # noqa: E402
+from training.ml.refl.best_of_n import best_of_n  # noqa: E402
+from training.ml.refl.config import GuardConfig  # noqa: E402
+from training.ml.refl.losses import weighted_reward  # noqa: E402
+from training.ml.refl.sampler import sample  # noqa: E402
+from training.ml.refl.world_adapter import WorldAdapter, oracle_evaluator  # noqa: E402
+from training.ml.reward.checkpoint import load_reward_model  # noqa: E402
+from training.ml.world.pretrain import held_out_prompts  # noqa: E402
+from training.ml.world.vocab import REWARD_CATEGORIES, REWARD_CATEGORY  # noqa: E402
+
+OUT = ROOT / "bench" / "out"
+EVAL_NOISE_BASE = 50_000  # far from the loop's sampling seeds, so evaluation noise is never trained on
+
+
+def eval_set(per_sub: int, seeds: int) -> list[tuple[str, str, int]]:
+    """(prompt, subcategory, seed) for held-out prompts; deterministic hash choice per subcategory."""
+    flat = []
+    for sub, prompts in held_out_prompts().items():
+        ranked = sorted(prompts, key=lambda p: hashlib.sha256(f"eval:{p}".encode()).hexdigest())
+        flat += [(p, sub, s) for p in ranked[:per_sub] for s in range(seeds)]
+    return flat
+
+
+@torch.no_grad()
+def generate(
+    adapter: WorldAdapter, items: Sequence[tuple[str, str, int]], steps: int, guidance: float
+) -> torch.Tensor:
+    chunks = []
+    for start in range(0, len(items), 16):
+        chunk = items[start : start + 16]
+        # Noise from (prompt index, seed) alone: every model sees exactly the same starting points.
+        seeds = [EVAL_NOISE_BASE + 97 * i + s for i, (_, _, s) in enumerate(chunk, start)]
+        chunks.append(
+            sample(
+                adapter,
+                [p for p, _, _ in chunk],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                latents=adapter.model.initial_noise(seeds),
+            )
+        )
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def rewards_of(reward_fns: dict[str, Any], prompts: list[str], images: torch.Tensor) -> list[float]:
+    out = []
+    for start in range(0, len(prompts), 64):
+        p, im = prompts[start : start + 64], images[start : start + 64]
+        scores = {n: fn(p, im).float() for n, fn in reward_fns.items()}
+        out += weighted_reward(scores, {n: 1.0 for n in reward_fns}).tolist()
+    return out
+
+
+def summarise(items: Sequence[tuple[str, str, int]], oracle: Sequence[float]) -> dict[str, float]:
+    cats = [REWARD_CATEGORY[sub] for _, sub, _ in items]
+    out = {"overall": float(np.mean(oracle))}
+    for c in REWARD_CATEGORIES:
+        out[c] = float(np.mean([o for o, cc in zip(oracle, cats, strict=True) if cc == c]))
+    return out
+
+
+def paired_bootstrap(
+    items: Sequence[tuple[str, str, int]], base: Sequence[float], run: Sequence[float], reps: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Mean per-image difference and its 95 % percentile interval, resampling prompts (clusters)."""
+    out = {}
+    for scope in ("overall", *REWARD_CATEGORIES):
+        by_prompt: dict[str, list[float]] = {}
+        for (p, sub, _), b, r in zip(items, base, run, strict=True):
+            if scope == "overall" or REWARD_CATEGORY[sub] == scope:
+                by_prompt.setdefault(p, []).append(r - b)
+        sums = np.array([sum(v) for v in by_prompt.values()])
+        counts = np.array([len(v) for v in by_prompt.values()])
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, len(sums), size=(reps, len(sums)))
+        # Ratio of resampled sums keeps the per-image mean when prompts have different seed counts.
+        boot = sums[idx].sum(1) / counts[idx].sum(1)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        out[scope] = {"diff": float(sums.sum() / counts.sum()), "lo": float(lo), "hi": float(hi)}
+    return out
+
+
+def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
+    for ax, m in zip(axes[0], metrics, strict=True):
+        guard = m["refl"]["guard_history"]
+        steps = [g["step"] for g in guard]
+        ax.plot(steps, [g["reward"] for g in guard], "o-", color="tab:blue", label="val reward (optimised)")
+        ax.set_xlabel("ReFL step")
+        ax.set_ylabel("weighted normalised reward", color="tab:blue")
+        twin = ax.twinx()
+        twin.plot(steps, [g["heldout"] for g in guard], "s-", color="tab:red", label="val oracle (held out)")
+        twin.set_ylabel("oracle", color="tab:red")
+        best = m["refl"].get("best_step")
+        if best is not None:
+            ax.axvline(best, color="grey", ls="--", lw=1)
+        ax.set_title(f"iteration {m['iteration'] + 1} (kept step {best})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def sample_grid(rows: list[torch.Tensor], path: Path, scale: int = 3) -> None:
+    from PIL import Image
+
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # [3, rows*H, cols*W]
+    array = (grid.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = Image.fromarray(array)
+    image.resize((image.width * scale, image.height * scale), Image.NEAREST).save(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--loop-dir", type=Path, default=OUT / "refl_loop")
+    parser.add_argument("--reuse", action="store_true", help="evaluate an existing --loop-dir run")
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--prompts-per-category", type=int, default=250)
+    parser.add_argument("--gallery-seeds", type=int, default=2)
+    parser.add_argument("--reward-epochs", type=int, default=4)
+    parser.add_argument("--reward-hidden", type=int, default=128)
+    parser.add_argument("--refl-steps", type=int, default=60)
+    parser.add_argument("--refl-lr", type=float, default=1.5e-5)
+    parser.add_argument("--guard-every", type=int, default=10)
+    parser.add_argument(
+        "--val-per-sub", type=int, default=8, help="validation prompts per subcategory (guard)"
+    )
+    parser.add_argument("--sample-prompts", type=int, default=600, help="D's prompts sampled per iteration")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps T everywhere")
+    parser.add_argument("--guidance", type=float, default=1.0, help="CFG of the loop and the evaluation")
+    parser.add_argument("--high-guidance", type=float, default=3.0, help="baseline: p_0 at this CFG")
+    parser.add_argument("--best-of", type=int, default=4)
+    parser.add_argument("--eval-per-sub", type=int, default=48, help="held-out prompts per subcategory (cap)")
+    parser.add_argument("--eval-seeds", type=int, default=3)
+    parser.add_argument("--bootstrap", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    refl = dataclasses.replace(
+        conservative_refl(max_steps=args.refl_steps, seed=args.seed),
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        learning_rate=args.refl_lr,
+        guard=GuardConfig(every=args.guard_every, patience=3, restore_best_at_end=True),
+    )
+    config = LoopConfig(
+        output_dir=str(args.loop_dir),
+        iterations=args.iterations,
+        prompts_per_category=args.prompts_per_category,
+        gallery_seeds=args.gallery_seeds,
+        val_prompts_per_subcategory=args.val_per_sub,
+        reward_hidden=args.reward_hidden,
+        reward_epochs=args.reward_epochs,
+        refl=refl,
+        sample_prompts=args.sample_prompts,
+        seed=args.seed,
+    )
+    if args.reuse:
+        metrics = [
+            json.loads((args.loop_dir / f"iter_{k}" / "metrics.json").read_text())
+            for k in range(args.iterations)
+        ]
+    else:
+        metrics = run_loop(config, print_progress).metrics
+    loop_seconds = time.perf_counter() - t_start
+    print(f"loop: {loop_seconds / 60:.1f} min", flush=True)
+
+    items = eval_set(args.eval_per_sub, args.eval_seeds)
+    prompts = [p for p, _, _ in items]
+    validation = set(json.loads((args.loop_dir / "summary.json").read_text())["validation_prompts"])
+    assert not validation & set(prompts), "validation prompts leaked into the evaluation set"
+    # The last iteration's reward models judge every run's reward column and rerank best-of-N.
+    reward_dir = args.loop_dir / f"iter_{args.iterations - 1}" / "reward"
+    last_rewards = {c: load_reward_model(reward_dir / c).eval().score for c in REWARD_CATEGORIES}
+    results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "eval_images": len(items)}
+    results["eval_prompts"] = len(set(prompts))
+    print(f"evaluation: {len(set(prompts))} held-out prompts x {args.eval_seeds} seeds = {len(items)} images")
+    runs: dict[str, dict[str, Any]] = {}
+    images_of: dict[str, torch.Tensor] = {}
+
+    def record(name: str, images: torch.Tensor, extra: dict[str, Any] | None = None) -> None:
+        oracle = oracle_evaluator(prompts, images).tolist()
+        reward = rewards_of(last_rewards, prompts, images)
+        runs[name] = {"oracle": oracle, "reward": float(np.mean(reward)), **(extra or {})}
+        images_of[name] = images[:: max(1, len(items) // 12)][:12]
+        s = summarise(items, oracle)
+        print(
+            f"  {name:<22} oracle {s['overall']:.4f} (ab {s['attribute_binding']:.4f} sp {s['spatial']:.4f} "
+            f"ns {s['non_spatial']:.4f}) reward {runs[name]['reward']:+.3f} "
+            f"[{(time.perf_counter() - t_start) / 60:.1f} min]",
+            flush=True,
+        )
+
+    policies = [None] + [m["refl"]["checkpoint"] for m in metrics]
+    for k, checkpoint in enumerate(policies):
+        record(f"iteration {k}", generate(load_policy(config, checkpoint), items, args.steps, args.guidance))
+    base = load_policy(config, None)
+    record(f"p0, CFG {args.high_guidance:g}", generate(base, items, args.steps, args.high_guidance))
+    for k in (0, len(policies) - 1):
+        chosen = best_of_n(
+            load_policy(config, policies[k]),
+            prompts,
+            args.best_of,
+            last_rewards,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=torch.Generator().manual_seed(EVAL_NOISE_BASE + 1),
+            batch_size=16,
+        )
+        record(f"p{k} best-of-{args.best_of}", chosen.images)
+
+    reference = runs["iteration 0"]["oracle"]
+    table = []
+    for name, run in runs.items():
+        s = summarise(items, run["oracle"])
+        ci = paired_bootstrap(items, reference, run["oracle"], args.bootstrap, args.seed)
+        table.append({"run": name, "mean": s, "vs_iteration_0": ci, "reward": run["reward"]})
+    results["table"] = table
+
+    print(
+        "\nOracle score on held-out prompts (mean; paired diff vs iteration 0 [95 % CI, prompts resampled])"
+    )
+    header = f"{'run':<22}" + "".join(f"{c:>36}" for c in ("overall", *REWARD_CATEGORIES)) + f"{'reward':>9}"
+    print(header)
+    for row in table:
+        cells = []
+        for c in ("overall", *REWARD_CATEGORIES):
+            d = row["vs_iteration_0"][c]
+            rel = d["diff"] / table[0]["mean"][c] if table[0]["mean"][c] else float("nan")
+            cells.append(f"{row['mean'][c]:.3f} {d['diff']:+.3f} [{d['lo']:+.3f},{d['hi']:+.3f}] {rel:+.0%}")
+        print(f"{row['run']:<22}" + "".join(f"{cell:>36}" for cell in cells) + f"{row['reward']:>+9.3f}")
+
+    print("\nReFL reward vs oracle on validation prompts at each guard evaluation (step: reward / oracle)")
+    for m in metrics:
+        guard = m["refl"]["guard_history"]
+        points = "  ".join(f"{g['step']}: {g['reward']:+.2f}/{g['heldout']:.3f}" for g in guard)
+        print(
+            f"  iteration {m['iteration'] + 1}: kept step {m['refl'].get('best_step')} "
+            f"stop {m['refl'].get('stop_reason')} | {points}"
+        )
+        print(
+            f"    D {m['dataset_before']['pairs']} -> {m['dataset_after']['pairs']} pairs; reward val acc "
+            + ", ".join(f"{c} {r['val_accuracy']:.3f}" for c, r in m["rewards"].items())
+            + f"; inserted {m['expansion']['inserted']:.0f}, above some human {m['expansion']['above_some_human']:.2f}"
+            + f"; seconds {m['seconds']}"
+        )
+    plot_curves(metrics, OUT / "refl_loop_curves.png")
+    last = f"iteration {len(policies) - 1}"
+    sample_grid([images_of["iteration 0"], images_of[last]], OUT / "refl_loop_samples.png")
+    results["curves"] = [{"iteration": m["iteration"], "guard": m["refl"]["guard_history"]} for m in metrics]
+    results["loop_metrics"] = [{k: v for k, v in m.items() if k != "refl_curve"} for m in metrics]
+    results["seconds"] = {"loop": round(loop_seconds), "total": round(time.perf_counter() - t_start)}
+    (OUT / "refl_loop.json").write_text(json.dumps(results, indent=1, default=str))
+    print(
+        f"\nwall time: loop {loop_seconds / 60:.1f} min, total {(time.perf_counter() - t_start) / 60:.1f} min"
+    )
+    print(f"plots: {OUT / 'refl_loop_curves.png'}, {OUT / 'refl_loop_samples.png'}")
+
+
+if __name__ == "__main__":
+    main()
