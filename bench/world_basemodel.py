@@ -105,8 +105,12 @@ def main() -> None:
             for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
         )
         score_diff = max(abs(sa.by_subcategory[k] - sb.by_subcategory[k]) for k in sa.by_subcategory)
+        identical = all(
+            torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        )
         print(
-            f"repro: max |weight difference| {weight_diff:.3g}, max |oracle score difference| {score_diff:.4f}"
+            f"repro: max |weight difference| {weight_diff:.3g} (bit-identical: {identical}), "
+            f"max |oracle score difference| {score_diff:.4f} (within 0.01: {score_diff <= 0.01})"
         )
     print(f"elapsed {time.perf_counter() - start:.0f}s")
 

@@ -1,7 +1,8 @@
 """First-place shares of the six gallery generators per reward category, as ranked by simulated experts.
 
 Usage: .venv/bin/python bench/world_gallery.py [--prompts 300] [--seed 0]
-For every reward category, draws prompts evenly from its subcategories, lets each generator draw one image
+For every reward category, draws prompts evenly from its subcategories (repeating a subcategory's
+prompts with new seeds where it has fewer distinct ones than its share), lets each generator draw one image
 per prompt, and has the default panel's four experts (the careless annotator is left out) rank the six
 images. Prints each generator's share of first places and mean oracle score per category, and writes a
 bar chart to bench/out/world_gallery_first_places.png.
@@ -44,11 +45,13 @@ def main() -> None:
     means: dict[str, dict[str, float]] = {}
     for category in REWARD_CATEGORIES:
         subcategories = [s for s in SUBCATEGORIES if REWARD_CATEGORY[s] == category]
-        prompts = [
-            p
-            for s in subcategories
-            for p in generate_prompts(s, args.prompts // len(subcategories), args.seed)
-        ]
+        # Even weight per subcategory: a subcategory with fewer distinct prompts than its quota (shape has 48,
+        # texture 72) repeats them; every repeat is drawn with a new seed, so it is a new image set.
+        per_subcategory = args.prompts // len(subcategories)
+        prompts = []
+        for subcategory in subcategories:
+            distinct = generate_prompts(subcategory, per_subcategory, args.seed)
+            prompts += [distinct[i % len(distinct)] for i in range(per_subcategory)]
         firsts: Counter[str] = Counter()
         scores: dict[str, list[float]] = defaultdict(list)
         for index, prompt in enumerate(prompts):
@@ -62,7 +65,7 @@ def main() -> None:
         total = sum(firsts.values())
         shares[category] = {name: firsts[name] / total for name in names}
         means[category] = {name: float(np.mean(scores[name])) for name in names}
-        print(f"{category} ({len(prompts)} prompts x {len(experts)} experts):")
+        print(f"{category} ({len(prompts)} prompts, {len(set(prompts))} distinct, x {len(experts)} experts):")
         for name in names:
             print(
                 f"  {name:18s} first place {shares[category][name]:6.1%}   mean oracle score {means[category][name]:.3f}"
