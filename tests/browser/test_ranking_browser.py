@@ -10,6 +10,7 @@ import pytest
 from django.utils import timezone
 from PIL import Image as PILImage
 from PIL import ImageDraw
+from playwright.sync_api import expect
 
 from annotation.models import Ranking, RankingTask, TaskClaim, TaskFlag, TaskImage
 from gallery.models import Category, Generator
@@ -85,11 +86,17 @@ def annotator(make_user):
 def _login(page, username: str = "expert") -> None:
     # Keyboard only: the username field has autofocus.
     page.goto("/accounts/login/")
+    # Autofocus lands a moment after "load" on a busy machine; keys typed before it would go nowhere.
+    expect(page.locator("#id_username")).to_be_focused()
     page.keyboard.type(username)
     page.keyboard.press("Tab")
+    expect(page.locator("#id_password")).to_be_focused()
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")
-    page.wait_for_url(lambda url: "/accounts/login/" not in url)
+    try:
+        page.wait_for_url(lambda url: "/accounts/login/" not in url)
+    except Exception as exc:
+        raise AssertionError(f"login as {username} failed: {page.content()[:800]}") from exc
 
 
 def _title(page) -> str:
@@ -100,7 +107,7 @@ def _wait_for_title(page, text: str) -> None:
     page.wait_for_function(
         "t => { const h = document.getElementById('task-title'); return h && h.textContent.includes(t); }",
         arg=text,
-        timeout=10000,
+        timeout=30000,
     )
 
 
@@ -238,10 +245,13 @@ def test_an_expired_lease_is_refused_in_the_page(page, tasks, annotator):
         page.keyboard.press(key)
     page.keyboard.press("Enter")
     alert = page.locator("[data-role=error]")
-    alert.wait_for(timeout=10000)
+    alert.wait_for(timeout=30000)
     assert "expired" in alert.inner_text()
     assert Ranking.objects.count() == 0
-    page.locator("a.button.primary", has_text="Load the next task").focus()
+    # After the swap settles the page moves focus to the title; a focus set before that would be lost.
+    expect(page.locator("#task-title")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.locator("a.button.primary", has_text="Load the next task")).to_be_focused()
     page.keyboard.press("Enter")
     _wait_for_title(page, PROMPTS[1])
     time.sleep(0.1)
@@ -260,6 +270,9 @@ def test_queue_and_admin_pages_render_without_errors(page, tasks, annotator, mak
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")
     _wait_for_title(page, PROMPTS[1])
+    # Leave the page first: a request still in flight from it could set a new CSRF cookie under the
+    # login form we are about to fill.
+    page.goto("about:blank")
     page.context.clear_cookies()
     make_user("admin", username="boss", password=PASSWORD)
     _login(page, "boss")
@@ -271,7 +284,7 @@ def test_queue_and_admin_pages_render_without_errors(page, tasks, annotator, mak
     assert "the prompt is ambiguous" in row.inner_text()
     row.locator("input[name=resolution]").fill("prompt reworded")
     row.locator("button", has_text="Resolve").click()
-    page.locator("tr.resolved").wait_for(timeout=10000)
+    page.locator("tr.resolved").wait_for(timeout=30000)
     assert TaskFlag.objects.get().resolution == "prompt reworded"
     page.goto(f"/quality/gold/new/?prompt={tasks[2].prompt_id}")
     for key in "213456":
