@@ -9,6 +9,7 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from annotation.models import ConsensusRanking, DatasetSnapshot, ExportJob, PreferencePair
+from training.ml.pair_schema import PAIR_FIELDS
 
 
 class PreferencePairSerializer(serializers.ModelSerializer):
@@ -26,24 +27,7 @@ class PreferencePairSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = PreferencePair
-        fields = [
-            "pair_id",
-            "prompt_id",
-            "prompt",
-            "category",
-            "subcategory",
-            "split",
-            "winner_id",
-            "winner_sha256",
-            "winner_path",
-            "loser_id",
-            "loser_sha256",
-            "loser_path",
-            "label",
-            "source",
-            "iteration",
-            "weight",
-        ]
+        fields = list(PAIR_FIELDS)
 
     def get_subcategory(self, obj: PreferencePair) -> str | None:
         sub = obj.prompt.subcategory

@@ -13,28 +13,11 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from training.ml.pair_schema import PAIR_FIELDS  # the trainer reads exactly these keys
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
-# The pair JSONL schema is fixed: training.ml.reward.data reads exactly these keys.
-PAIR_FIELDS: tuple[str, ...] = (
-    "pair_id",
-    "prompt_id",
-    "prompt",
-    "category",
-    "subcategory",
-    "split",
-    "winner_id",
-    "winner_sha256",
-    "winner_path",
-    "loser_id",
-    "loser_sha256",
-    "loser_path",
-    "label",
-    "source",
-    "iteration",
-    "weight",
-)
 
 # PreferencePair lookups producing PAIR_FIELDS, in the same order.
 PAIR_LOOKUPS: tuple[str, ...] = (

@@ -21,31 +21,13 @@ import torch
 from PIL import Image
 
 from training.ml.common import sha256_file
+from training.ml.pair_schema import PAIR_FIELDS
 from training.ml.preprocess import PreprocessConfig, resize_images
 from training.ml.reward.augment import augment_image
 from training.ml.reward.config import CATEGORIES, SPLITS, AugmentConfig
 
 ImageLoader = Callable[[str, str], torch.Tensor]
 """``(path, sha256) -> Tensor[3,H,W]`` float in [0,1]."""
-
-PAIR_FIELDS: tuple[str, ...] = (
-    "pair_id",
-    "prompt_id",
-    "prompt",
-    "category",
-    "subcategory",
-    "split",
-    "winner_id",
-    "winner_sha256",
-    "winner_path",
-    "loser_id",
-    "loser_sha256",
-    "loser_path",
-    "label",
-    "source",
-    "iteration",
-    "weight",
-)
 
 
 @dataclasses.dataclass(frozen=True)
