@@ -15,6 +15,7 @@ than K rankings. Exit status 1 if any check fails. tests/reliability/test_load.p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import os
 import re
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -249,29 +251,23 @@ def report(result: dict, k: int, checks: dict) -> bool:
     )
 
 
-def main() -> int:
+@contextlib.contextmanager
+def scratch_deployment(prefix: str) -> Iterator[dict]:
+    """A fresh database migrated, static files collected and Django set up with production settings
+    (DEBUG=0: WhiteNoise serves the hashed manifest, as in production); the database is dropped after."""
     import tempfile
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--annotators", type=int, default=50)
-    parser.add_argument("--tasks", type=int, default=200)
-    parser.add_argument("--k", type=int, default=3)
-    args = parser.parse_args()
-    args.annotators, args.tasks = min(args.annotators, 200), min(args.tasks, 2000)
 
     import psycopg
 
     base_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    db_name = f"load_annotators_{os.getpid()}"
-    work = Path(tempfile.mkdtemp(prefix="load-annotators-"))
+    db_name = f"{prefix}_{os.getpid()}"
+    work = Path(tempfile.mkdtemp(prefix=f"{prefix.replace('_', '-')}-"))
     env = production_env(_with_db(base_url, db_name), work)
     admin_url = _with_db(base_url, "postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db_name}"')
-    server = None
     try:
         subprocess.run([PY, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-        # DEBUG=0 serves hashed static files (WhiteNoise manifest), as in production.
         subprocess.run(
             [PY, "manage.py", "collectstatic", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True
         )
@@ -279,30 +275,49 @@ def main() -> int:
         import django
 
         django.setup()
-        sessions = seed(args.annotators, args.tasks, args.k)
-        port = _free_port()
-        server = start_server(env, port)
-        print(
-            f"[load] {args.annotators} annotators, {args.tasks} tasks × K={args.k}; gunicorn 2×4 gthread, DEBUG=0; "
-            f"machine: {os.cpu_count()} CPUs shared, load {os.getloadavg()[0]:.2f}",
-            flush=True,
-        )
-        result = run_load(port, sessions, max_rounds=args.tasks * 2)
-        from django.db import connection
-
-        connection.close()
-        ok = report(result, args.k, check_database(args.k))
-        print("OK" if ok else "FAILED", flush=True)
-        return 0 if ok else 1
+        yield {**env, "STUDIO_BENCH_WORK": str(work)}
     finally:
-        if server is not None and server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(20)
         from django.db import connections
 
         connections.close_all()
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def stop_server(server: subprocess.Popen | None) -> None:
+    if server is not None and server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(20)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--annotators", type=int, default=50)
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--k", type=int, default=3)
+    args = parser.parse_args()
+    args.annotators, args.tasks = min(args.annotators, 200), min(args.tasks, 2000)
+
+    with scratch_deployment("load_annotators") as env:
+        server = None
+        try:
+            sessions = seed(args.annotators, args.tasks, args.k)
+            port = _free_port()
+            server = start_server(env, port)
+            print(
+                f"[load] {args.annotators} annotators, {args.tasks} tasks × K={args.k}; gunicorn 2×4 gthread, "
+                f"DEBUG=0; machine: {os.cpu_count()} CPUs shared, load {os.getloadavg()[0]:.2f}",
+                flush=True,
+            )
+            result = run_load(port, sessions, max_rounds=args.tasks * 2)
+            from django.db import connection
+
+            connection.close()
+            ok = report(result, args.k, check_database(args.k))
+            print("OK" if ok else "FAILED", flush=True)
+            return 0 if ok else 1
+        finally:
+            stop_server(server)
 
 
 if __name__ == "__main__":
