@@ -118,6 +118,35 @@ def paired_bootstrap(
     return out
 
 
+@torch.no_grad()
+def own_sample_accuracy(
+    args: argparse.Namespace,
+    items: Sequence[tuple[str, str, int]],
+    images: torch.Tensor,
+    oracle: Sequence[float],
+) -> dict[str, Any]:
+    """What ReFL relies on: does each category's reward model order p_0's own samples like the oracle?
+
+    Pairs are two seeds of one held-out prompt whose oracle scores differ (a generator prior cannot help).
+    """
+    out: dict[str, Any] = {}
+    for k in sorted({0, args.iterations - 1}):
+        for c in REWARD_CATEGORIES:
+            idx = [i for i, (_, sub, _) in enumerate(items) if REWARD_CATEGORY[sub] == c]
+            model = load_reward_model(args.loop_dir / f"iter_{k}" / "reward" / c).eval()
+            scores = model.score([items[i][0] for i in idx], images[idx]).tolist()
+            score_of = dict(zip(idx, scores, strict=True))
+            right = n = 0.0
+            for a in idx:
+                for b in idx:
+                    if a < b and items[a][0] == items[b][0] and oracle[a] != oracle[b]:
+                        n += 1
+                        d = (score_of[a] - score_of[b]) * (oracle[a] - oracle[b])
+                        right += 0.5 if score_of[a] == score_of[b] else float(d > 0)
+            out[f"R_{k}/{c}"] = {"accuracy": round(right / n, 3) if n else None, "pairs": int(n)}
+    return out
+
+
 def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -161,15 +190,18 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--prompts-per-category", type=int, default=250)
     parser.add_argument("--gallery-seeds", type=int, default=2)
-    parser.add_argument("--reward-epochs", type=int, default=4)
+    parser.add_argument("--reward-epochs", type=int, default=5)
     parser.add_argument("--reward-hidden", type=int, default=128)
-    parser.add_argument("--refl-steps", type=int, default=60)
+    parser.add_argument("--refl-steps", type=int, default=80)
     parser.add_argument("--refl-lr", type=float, default=1.5e-5)
     parser.add_argument("--guard-every", type=int, default=10)
     parser.add_argument(
-        "--val-per-sub", type=int, default=8, help="validation prompts per subcategory (guard)"
+        "--reward-scale", type=float, default=1.0, help="ReFL reward loss weight (pre-loss 1)"
     )
-    parser.add_argument("--sample-prompts", type=int, default=600, help="D's prompts sampled per iteration")
+    parser.add_argument(
+        "--val-per-sub", type=int, default=12, help="validation prompts per subcategory (guard)"
+    )
+    parser.add_argument("--sample-prompts", type=int, default=450, help="D's prompts sampled per iteration")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps T everywhere")
     parser.add_argument("--guidance", type=float, default=1.0, help="CFG of the loop and the evaluation")
     parser.add_argument("--high-guidance", type=float, default=3.0, help="baseline: p_0 at this CFG")
@@ -188,6 +220,7 @@ def main() -> None:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         learning_rate=args.refl_lr,
+        reward_scale=args.reward_scale,
         guard=GuardConfig(every=args.guard_every, patience=3, restore_best_at_end=True),
     )
     config = LoopConfig(
@@ -240,7 +273,10 @@ def main() -> None:
 
     policies = [None] + [m["refl"]["checkpoint"] for m in metrics]
     for k, checkpoint in enumerate(policies):
-        record(f"iteration {k}", generate(load_policy(config, checkpoint), items, args.steps, args.guidance))
+        images = generate(load_policy(config, checkpoint), items, args.steps, args.guidance)
+        if k == 0:
+            images_all_p0 = images
+        record(f"iteration {k}", images)
     base = load_policy(config, None)
     record(f"p0, CFG {args.high_guidance:g}", generate(base, items, args.steps, args.high_guidance))
     for k in (0, len(policies) - 1):
@@ -256,6 +292,12 @@ def main() -> None:
         )
         record(f"p{k} best-of-{args.best_of}", chosen.images)
 
+    results["reward_accuracy_on_p0"] = own_sample_accuracy(
+        args, items, images_all_p0, runs["iteration 0"]["oracle"]
+    )
+    print(
+        f"\nreward accuracy on p0's own samples (seed pairs of one prompt, oracle-ranked): {results['reward_accuracy_on_p0']}"
+    )
     reference = runs["iteration 0"]["oracle"]
     table = []
     for name, run in runs.items():
