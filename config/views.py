@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import sys
+
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views import defaults
 from django.views.decorators.http import require_GET, require_POST
 
 from annotation.roles import is_admin
@@ -58,3 +62,25 @@ def ops_ping_result(request: HttpRequest, task_id: str) -> HttpResponse:
             response.status_code = HTMX_STOP_POLLING
         return response
     return render(request, "ops/health.html", {"health": ops.health_snapshot(), "ping": ping})
+
+
+DATABASE_DOWN_RETRY_AFTER_S = 5
+_DATABASE_DOWN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Back in a moment · IterComp Studio</title></head><body><main>
+<h1>Back in a moment</h1><p>The database is not answering. Nothing you sent was lost: what was not saved
+was not acknowledged. Try again in a few seconds.</p></main></body></html>"""
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """handler500: a database outage is a temporary condition (503 + Retry-After), not a bug (500).
+
+    Django calls this inside its ``except`` block, so ``sys.exc_info()`` is the failure, including one
+    raised by middleware (sessions, auth) before any view ran. The page is a fixed string: rendering a
+    template with the request's context would touch the database that is down.
+    """
+    exc = sys.exc_info()[1]
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        response = HttpResponse(_DATABASE_DOWN_PAGE, status=503, content_type="text/html; charset=utf-8")
+        response["Retry-After"] = str(DATABASE_DOWN_RETRY_AFTER_S)
+        return response
+    return defaults.server_error(request)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -22,3 +24,40 @@ def test_postgres_restart_mid_load_fails_cleanly_recovers_and_loses_nothing_ackn
     out = done.stdout + done.stderr[-2000:]
     assert done.returncode == 0, out
     assert "postgres back after" in out and "clean failures only: True" in out, out
+
+
+@pytest.fixture
+def broken_sessions(monkeypatch):
+    """Make the session middleware's database read fail the way it does when PostgreSQL is down."""
+    from django.contrib.sessions.backends.db import SessionStore
+
+    def fail_with(exc: Exception) -> None:
+        def load(self):
+            raise exc
+
+        monkeypatch.setattr(SessionStore, "load", load)
+
+    return fail_with
+
+
+@pytest.mark.django_db
+def test_a_database_outage_answers_503_with_retry_after_even_from_middleware(client, broken_sessions):
+    from django.db import OperationalError
+
+    client.raise_request_exception = False
+    client.cookies["sessionid"] = "x" * 32
+    broken_sessions(OperationalError("server closed the connection unexpectedly"))
+    response = client.get("/rank/")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+    assert b"Back in a moment" in response.content
+
+
+@pytest.mark.django_db
+def test_any_other_server_error_is_still_a_500(client, broken_sessions):
+    client.raise_request_exception = False
+    client.cookies["sessionid"] = "x" * 32
+    broken_sessions(RuntimeError("a bug"))
+    response = client.get("/rank/")
+    assert response.status_code == 500
+    assert not response.has_header("Retry-After")
