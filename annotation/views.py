@@ -198,7 +198,7 @@ def submit(request: HttpRequest, claim_id: int) -> HttpResponse:
             claim_id=claim_id,
             annotator=request.user,
             fields=fields,
-            idempotency_key=ranking_services.parse_idempotency_key(request.POST.get("idempotency_key")),
+            idempotency_key=request.POST.get("idempotency_key"),
             task_id=_int_or_none(request.POST.get("task")),
             time_spent_ms=_elapsed_ms(request.POST.get("shown_at")),
         )

@@ -439,7 +439,7 @@ def ranking_submit(
     claim_id: int,
     annotator: AbstractBaseUser,
     fields: Mapping[str, Sequence[str]],
-    idempotency_key: uuid.UUID,
+    idempotency_key: uuid.UUID | str | None,
     task_id: int | None = None,
     time_spent_ms: int = 0,
     source: str = "browser",
@@ -455,7 +455,10 @@ def ranking_submit(
     Nothing is written when anything is wrong; a repeat of the same idempotency key returns the ranking
     already recorded. Consensus is recomputed asynchronously after commit.
     """
+    # Whose claim it is comes first: a caller who may not touch it learns nothing from how its form is wrong.
     claim = _claim_for(claim_id=claim_id, annotator=annotator)
+    if not isinstance(idempotency_key, uuid.UUID):
+        idempotency_key = parse_idempotency_key(idempotency_key)
     if task_id is not None and task_id != claim.task_id:
         raise SubmissionInvalid(
             "This ranking names a different task than the one you were given; reload the page."
@@ -584,6 +587,7 @@ def task_release(*, claim_id: int, annotator: AbstractBaseUser, kind: str, reaso
 
     The annotator will not be offered this task again (their claim row stays, as RELEASED).
     """
+    claim = _claim_for(claim_id=claim_id, annotator=annotator)
     if kind not in FlagKind.values:
         raise SubmissionInvalid(f"Unknown action {kind!r}.")
     reason = reason.strip()
@@ -591,7 +595,6 @@ def task_release(*, claim_id: int, annotator: AbstractBaseUser, kind: str, reaso
         raise SubmissionInvalid("Say what is wrong with this task so an admin can fix it.")
     if len(reason) > MAX_REASON_CHARS:
         raise SubmissionInvalid(f"Keep the reason under {MAX_REASON_CHARS} characters.")
-    claim = _claim_for(claim_id=claim_id, annotator=annotator)
     # An expired claim can still be flagged (the problem is real); a submitted one cannot be skipped.
     released = TaskClaim.objects.filter(
         pk=claim.pk, status__in=[ClaimStatus.ACTIVE, ClaimStatus.EXPIRED]

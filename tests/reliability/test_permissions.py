@@ -34,6 +34,8 @@ ADMIN_ONLY = (
 )
 TRAINING = ("training/",)
 RANKING = ("rank/",)
+# Rows that belong to one annotator (the fixture's "other"): even a role that may rank is refused them.
+OWNED_ROWS = ("rank/rankings/", "rank/claims/")
 
 
 def _walk(patterns, prefix: str = ""):
@@ -138,7 +140,42 @@ def test_every_url_answers_each_role_as_its_permissions_say(world, client, role)
                 ok = False
             if not ok:
                 failures.append(f"{url}: {status} but {role} may not open it")
+        elif (status in (401, 403) and not url.lstrip("/").startswith(OWNED_ROWS)) or (
+            "/accounts/login/" in response.get("Location", "")
+        ):
+            failures.append(f"{url}: {status} but {role} may open it")
     assert not failures, "\n".join(failures)
+
+
+def _table_counts() -> dict[str, int]:
+    from django.apps import apps
+
+    return {
+        model._meta.label: model.objects.count()
+        for model in apps.get_models()
+        if model._meta.app_label in ("gallery", "annotation", "training", "auth", "authtoken")
+    }
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_url_refuses_a_post_from_a_role_that_may_not_open_it_and_writes_nothing(world, client, role):
+    """The same matrix for writes: a form or API POST by the wrong role is refused before it acts."""
+    if role != "anonymous":
+        client.force_login(world["users"][role])
+    before = _table_counts()
+    failures = []
+    for route in _routes():
+        url = _fill(route, world["ids"])
+        if _allowed(role, url):
+            continue
+        response = client.post(url, {"categories": ["spatial"], "resolution": "x", "password1": "p" * 12})
+        status = response.status_code
+        location = response.get("Location", "")
+        to_login = "/accounts/login/" in location or "/admin/login/" in location
+        if status >= 500 or not (status in DENIED and (status not in (301, 302, 303) or to_login)):
+            failures.append(f"POST {url}: {status} {location} but {role} may not open it")
+    assert not failures, "\n".join(failures)
+    assert _table_counts() == before
 
 
 def test_annotators_never_see_generator_names_or_other_annotators_rankings(world, client):
