@@ -210,6 +210,10 @@ def main() -> None:
     parser.add_argument("--eval-seeds", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tag", default="", help="suffix of the output files (several variants side by side)"
+    )
+    parser.add_argument("--skip-baselines", action="store_true", help="only p_0 .. p_K (no CFG, best-of-N)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -277,9 +281,10 @@ def main() -> None:
         if k == 0:
             images_all_p0 = images
         record(f"iteration {k}", images)
-    base = load_policy(config, None)
-    record(f"p0, CFG {args.high_guidance:g}", generate(base, items, args.steps, args.high_guidance))
-    for k in (0, len(policies) - 1):
+    for k in () if args.skip_baselines else (0, len(policies) - 1):
+        if k == 0:
+            high = generate(load_policy(config, None), items, args.steps, args.high_guidance)
+            record(f"p0, CFG {args.high_guidance:g}", high)
         chosen = best_of_n(
             load_policy(config, policies[k]),
             prompts,
@@ -333,17 +338,17 @@ def main() -> None:
             + f"; inserted {m['expansion']['inserted']:.0f}, above some human {m['expansion']['above_some_human']:.2f}"
             + f"; seconds {m['seconds']}"
         )
-    plot_curves(metrics, OUT / "refl_loop_curves.png")
+    plot_curves(metrics, OUT / f"refl_loop{args.tag}_curves.png")
     last = f"iteration {len(policies) - 1}"
-    sample_grid([images_of["iteration 0"], images_of[last]], OUT / "refl_loop_samples.png")
+    sample_grid([images_of["iteration 0"], images_of[last]], OUT / f"refl_loop{args.tag}_samples.png")
     results["curves"] = [{"iteration": m["iteration"], "guard": m["refl"]["guard_history"]} for m in metrics]
     results["loop_metrics"] = [{k: v for k, v in m.items() if k != "refl_curve"} for m in metrics]
     results["seconds"] = {"loop": round(loop_seconds), "total": round(time.perf_counter() - t_start)}
-    (OUT / "refl_loop.json").write_text(json.dumps(results, indent=1, default=str))
+    (OUT / f"refl_loop{args.tag}.json").write_text(json.dumps(results, indent=1, default=str))
     print(
         f"\nwall time: loop {loop_seconds / 60:.1f} min, total {(time.perf_counter() - t_start) / 60:.1f} min"
     )
-    print(f"plots: {OUT / 'refl_loop_curves.png'}, {OUT / 'refl_loop_samples.png'}")
+    print(f"plots: {OUT}/refl_loop{args.tag}_curves.png, _samples.png")
 
 
 if __name__ == "__main__":
