@@ -124,13 +124,15 @@ def own_sample_accuracy(
     items: Sequence[tuple[str, str, int]],
     images: torch.Tensor,
     oracle: Sequence[float],
+    iterations: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """What ReFL relies on: does each category's reward model order p_0's own samples like the oracle?
 
     Pairs are two seeds of one held-out prompt whose oracle scores differ (a generator prior cannot help).
+    ``iterations``: whose reward models R_k judge ``images`` (default R_0 and R_{K-1}).
     """
     out: dict[str, Any] = {}
-    for k in sorted({0, args.iterations - 1}):
+    for k in sorted({0, args.iterations - 1} if iterations is None else set(iterations)):
         for c in REWARD_CATEGORIES:
             idx = [i for i, (_, sub, _) in enumerate(items) if REWARD_CATEGORY[sub] == c]
             model = load_reward_model(args.loop_dir / f"iter_{k}" / "reward" / c).eval()
@@ -214,6 +216,13 @@ def main() -> None:
         "--tag", default="", help="suffix of the output files (several variants side by side)"
     )
     parser.add_argument("--skip-baselines", action="store_true", help="only p_0 .. p_K (no CFG, best-of-N)")
+    parser.add_argument(
+        "--base-in-gallery", action="store_true", help="D_0 also holds p_0's samples ranked by the panel"
+    )
+    parser.add_argument("--base-samples", type=int, default=2, help="p_0 samples per D_0 group")
+    parser.add_argument(
+        "--expert-pushback", action="store_true", help="the panel re-ranks each group after expansion"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -237,6 +246,9 @@ def main() -> None:
         reward_epochs=args.reward_epochs,
         refl=refl,
         sample_prompts=args.sample_prompts,
+        base_in_gallery=args.base_in_gallery,
+        base_samples=args.base_samples,
+        expert_pushback=args.expert_pushback,
         seed=args.seed,
     )
     if args.reuse:
@@ -281,6 +293,11 @@ def main() -> None:
         if k == 0:
             images_all_p0 = images
         record(f"iteration {k}", images)
+        if k < args.iterations:
+            # R_k on p_k's own samples: the pairs ReFL of iteration k + 1 climbs on.
+            own = own_sample_accuracy(args, items, images, runs[f"iteration {k}"]["oracle"], [k])
+            results.setdefault("reward_accuracy_on_own_samples", {}).update(own)
+            print(f"    R_{k} on p_{k}'s own samples: {own}", flush=True)
     for k in () if args.skip_baselines else (0, len(policies) - 1):
         if k == 0:
             high = generate(load_policy(config, None), items, args.steps, args.high_guidance)
@@ -336,6 +353,11 @@ def main() -> None:
             f"    D {m['dataset_before']['pairs']} -> {m['dataset_after']['pairs']} pairs; reward val acc "
             + ", ".join(f"{c} {r['val_accuracy']:.3f}" for c, r in m["rewards"].items())
             + f"; inserted {m['expansion']['inserted']:.0f}, above some human {m['expansion']['above_some_human']:.2f}"
+            + (
+                f" (experts: {m['expansion']['expert_above_some_human']:.2f})"
+                if "expert_above_some_human" in m["expansion"]
+                else ""
+            )
             + f"; seconds {m['seconds']}"
         )
     plot_curves(metrics, OUT / f"refl_loop{args.tag}_curves.png")

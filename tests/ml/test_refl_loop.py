@@ -147,3 +147,49 @@ def test_refl_command_line_finetunes_the_world_model_with_the_oracle_guard(tmp_p
     assert [e["step"] for e in summary["guard_history"]] == [0, 1, 2]
     assert summary["checkpoint"] == str(tmp_path / "refl" / "best")
     apply_refl_checkpoint(load_world_adapter(tiny_base), summary["checkpoint"])
+
+
+def test_base_in_gallery_and_expert_pushback_rank_the_models_samples_by_the_panel(tmp_path, tiny_base):
+    from annotation.aggregation import aggregate
+    from training.ml.reward.data import FolderImageLoader
+    from training.ml.world.annotators import default_panel
+
+    out = tmp_path / "loop"
+    config = tiny_config(out, tiny_base, base_in_gallery=True, base_samples=2, expert_pushback=True)
+    metrics = run_loop(config).metrics[0]
+    load = FolderImageLoader(out)
+    panel = default_panel(config.seed)[: config.annotators]
+
+    def consensus(images, prompt, ids):
+        # Recomputed from the stored PNGs, independently of the loop's own ranking code.
+        arrays = [load(images[i]["path"], images[i]["sha256"]) for i in ids]
+        rankings = [[[ids[j]] for j in annotator.rank(prompt, arrays)] for annotator in panel]
+        return [list(g) for g in aggregate(config.consensus_method, rankings).ordering]
+
+    d0 = json.loads((out / "iter_0" / "rankings.json").read_text())
+    images = {img["id"]: img for img in d0["images"]}
+    assert sum(img["source"] == "gallery:base" for img in images.values()) == 3 * 2
+    for entry in d0["rankings"]:
+        flat = [i for group in entry["ordering"] for i in group]
+        assert len(flat) == 6 + 2 and sorted(entry["human"]) == sorted(flat)
+        assert sum(images[i]["source"] == "gallery:base" for i in flat) == 2
+        assert entry["ordering"] == consensus(images, entry["prompt"], sorted(flat))
+    pairs0 = [json.loads(line) for line in (out / "iter_0" / "pairs.jsonl").open()]
+    base_ids = {i for i, img in images.items() if img["source"] == "gallery:base"}
+    # C(8, 2) expert-ranked pairs per group, p_0's samples among them.
+    assert len(pairs0) == 3 * 28 and all(p["source"] == "human" for p in pairs0)
+    assert sum(p["winner_id"] in base_ids or p["loser_id"] in base_ids for p in pairs0) == 3 * (28 - 15)
+
+    d1 = json.loads((out / "iter_1" / "rankings.json").read_text())
+    images = {img["id"]: img for img in d1["images"]}
+    model_ids = {i for i, img in images.items() if img["source"] == "model"}
+    assert len(model_ids) == 3
+    for entry in d1["rankings"]:
+        flat = [i for group in entry["ordering"] for i in group]
+        assert len(flat) == 9 and len(model_ids & set(flat)) == 1
+        # After push-back the panel's consensus over all nine images is the ranking, the sample included.
+        assert entry["ordering"] == consensus(images, entry["prompt"], sorted(flat))
+        assert set(entry["human"]) == set(flat)
+    pairs1 = [json.loads(line) for line in (out / "iter_1" / "pairs.jsonl").open()]
+    assert len(pairs1) == 3 * 36 and sum(p["source"] == "model" for p in pairs1) == 3 * 8
+    assert 0.0 <= metrics["expansion"]["expert_above_some_human"] <= 1.0

@@ -12,6 +12,11 @@ For k = 0 .. K-1:
    reward score of that prompt's category (``annotation.pairs.insert_by_score``: the human order is never
    changed), which gives D_{k+1}.
 
+Two options bring the loop closer to the paper, where the base model is one of the ranked gallery models
+and new samples go back to the experts: ``base_in_gallery`` adds ``base_samples`` samples of p_0 to every
+D_0 group, ranked by the panel with the gallery images; ``expert_pushback`` lets the panel rank each
+expanded group after the provisional reward-score insertion, and its consensus replaces that ranking.
+
 Everything lives under ``output_dir``: ``images/`` (PNG, the pair files point at them),
 ``iter_k/pairs.jsonl`` (D_k), ``iter_k/reward/<category>/`` and ``iter_k/refl/`` (checkpoints),
 ``iter_k/metrics.json``, and ``summary.json``. Validation prompts (guard, checkpoint choice) come from the
@@ -30,7 +35,7 @@ import io
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +115,12 @@ class LoopConfig:
     # Expansion: new samples per prompt of D_k; None samples every prompt, an int caps the prompts.
     samples_per_prompt: int = 1
     sample_prompts: int | None = None
+    # D_0 also holds base_samples samples of p_0 per group, ranked by the panel with the gallery images.
+    base_in_gallery: bool = False
+    base_samples: int = 2
+    # After the provisional insertion by reward score, the panel ranks the expanded group (its consensus
+    # replaces the provisional ranking; every image of the group is then expert-ranked).
+    expert_pushback: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -134,6 +145,8 @@ class LoopConfig:
             raise ValueError("image_size must be a multiple of reward_patch")
         if self.samples_per_prompt < 1 or (self.sample_prompts is not None and self.sample_prompts < 1):
             raise ValueError("samples_per_prompt and sample_prompts must be >= 1")
+        if self.base_in_gallery and self.base_samples < 1:
+            raise ValueError("base_in_gallery needs base_samples >= 1")
         # Each iteration hands on one checkpoint applied to the base model; a LoRA checkpoint would only
         # hold the last iteration's adapter, so p_k could not be rebuilt from base + checkpoint.
         if self.refl.train_mode != "full":
@@ -182,7 +195,7 @@ class StoredImage:
     id: int
     path: str  # relative to the loop's output folder
     sha256: str
-    source: str  # "gallery:<generator>" or "model"
+    source: str  # "gallery:<generator>" ("gallery:base" for p_0's samples in D_0) or "model"
     iteration: int  # the D_k it first belongs to
 
 
@@ -273,25 +286,75 @@ class RankedData:
         return path
 
 
-def rank_gallery(config: LoopConfig, prompts: Sequence[tuple[str, str]], root: Path) -> RankedData:
-    """D_0: per (prompt, gallery seed) the six generators' images, consensus of the annotator panel."""
-    data = RankedData(root)
+def expert_ranking(config: LoopConfig, data: RankedData, prompt: str, ids: Sequence[int]) -> list[list[int]]:
+    """The simulated panel's consensus ordering (best first) of stored images of one prompt."""
     panel = default_panel(config.seed)[: config.annotators]
-    for prompt, sub in prompts:
-        for seed in range(config.gallery_seeds):
-            ids = []
-            for name, generator in GALLERY_GENERATORS.items():
-                image_id = data.add_image(
-                    generator.generate_array(prompt, seed, config.image_size), f"gallery:{name}", 0
-                )
-                ids.append(image_id)
-            # Annotators see exactly what is stored (8-bit), not the float render.
-            arrays = [data.load([i])[0] for i in ids]
-            rankings = [[[ids[j]] for j in annotator.rank(prompt, arrays)] for annotator in panel]
-            consensus = aggregate(config.consensus_method, rankings).ordering
-            data.prompts.append(
-                RankedPrompt(len(data.prompts), prompt, sub, [list(g) for g in consensus], tuple(ids))
-            )
+    # Annotators see exactly what is stored (8-bit), not the float render.
+    arrays = [data.load([i])[0] for i in ids]
+    rankings = [[[ids[j]] for j in annotator.rank(prompt, arrays)] for annotator in panel]
+    return [list(g) for g in aggregate(config.consensus_method, rankings).ordering]
+
+
+def _sample_groups(
+    config: LoopConfig,
+    policy: WorldAdapter,
+    groups: Sequence[tuple[int, str]],
+    per_group: int,
+    iteration: int,
+) -> Iterator[tuple[int, list[list[torch.Tensor]]]]:
+    """Sample ``per_group`` images for each (prompt id, prompt); yields (groups done, each group's images).
+
+    The noise depends on (seed, prompt id, sample index, iteration); iteration -1 is D_0's base samples.
+    """
+    # Prompts are sampled 16 images at a time: batch 1 costs ~2x more per image on CPU.
+    per_chunk = max(1, 16 // per_group)
+    refl = config.refl
+    for start in range(0, len(groups), per_chunk):
+        chunk = groups[start : start + per_chunk]
+        jobs = [(pid, prompt) for pid, prompt in chunk for _ in range(per_group)]
+        seeds = [
+            config.seed * 1_000_003 + pid * 10 + j + 100 * (iteration + 1)
+            for pid, _ in chunk
+            for j in range(per_group)
+        ]
+        images = sample(
+            policy,
+            [prompt for _, prompt in jobs],
+            num_inference_steps=refl.num_inference_steps,
+            guidance_scale=refl.guidance_scale,
+            latents=policy.model.initial_noise(seeds),
+        )
+        yield (
+            start + len(chunk),
+            [list(images[i * per_group : (i + 1) * per_group]) for i in range(len(chunk))],
+        )
+
+
+def rank_gallery(
+    config: LoopConfig, prompts: Sequence[tuple[str, str]], root: Path, progress: LoopProgress | None = None
+) -> RankedData:
+    """D_0: per (prompt, gallery seed) the six generators' images (and with ``base_in_gallery`` p_0's
+    samples), consensus of the annotator panel."""
+    data = RankedData(root)
+    groups = [(prompt, sub, seed) for prompt, sub in prompts for seed in range(config.gallery_seeds)]
+    base: list[list[torch.Tensor]] = []
+    if config.base_in_gallery:
+        policy = load_policy(config, None)
+        for done, images in _sample_groups(
+            config, policy, [(i, p) for i, (p, _, _) in enumerate(groups)], config.base_samples, -1
+        ):
+            base += images
+            if progress is not None:
+                progress("gallery/base", done, len(groups), {})
+    for index, (prompt, sub, seed) in enumerate(groups):
+        ids = [
+            data.add_image(generator.generate_array(prompt, seed, config.image_size), f"gallery:{name}", 0)
+            for name, generator in GALLERY_GENERATORS.items()
+        ]
+        ids += [data.add_image(image, "gallery:base", 0) for image in (base[index] if base else [])]
+        data.prompts.append(
+            RankedPrompt(index, prompt, sub, expert_ranking(config, data, prompt, ids), tuple(ids))
+        )
     return data
 
 
@@ -414,27 +477,13 @@ def expand(
             _hash_rank([str(p.prompt_id) for p in entries], f"sample-{iteration}")[: config.sample_prompts]
         )
         entries = [p for p in entries if str(p.prompt_id) in chosen]
-    refl = config.refl
-    inserted, above_human = 0, 0
-    # Prompts are sampled 16 images at a time: batch 1 costs ~2x more per image on CPU.
-    per_chunk = max(1, 16 // config.samples_per_prompt)
-    for start in range(0, len(entries), per_chunk):
-        chunk = entries[start : start + per_chunk]
-        jobs = [(entry, j) for entry in chunk for j in range(config.samples_per_prompt)]
-        seeds = [config.seed * 1_000_003 + e.prompt_id * 10 + j + 100 * (iteration + 1) for e, j in jobs]
-        images = sample(
-            policy,
-            [e.prompt for e, _ in jobs],
-            num_inference_steps=refl.num_inference_steps,
-            guidance_scale=refl.guidance_scale,
-            latents=policy.model.initial_noise(seeds),
-        )
-        for entry in chunk:
-            new_ids = [
-                data.add_image(image, "model", iteration + 1)
-                for (e, _), image in zip(jobs, images, strict=True)
-                if e is entry
-            ]
+    inserted, above_human, expert_above_human = 0, 0, 0
+    by_id = {e.prompt_id: e for e in entries}
+    groups = [(e.prompt_id, e.prompt) for e in entries]
+    for done, sampled in _sample_groups(config, policy, groups, config.samples_per_prompt, iteration):
+        for (prompt_id, _), images in zip(groups[done - len(sampled) : done], sampled, strict=True):
+            entry = by_id[prompt_id]
+            new_ids = [data.add_image(image, "model", iteration + 1) for image in images]
             ranked = [i for group in entry.ordering for i in group]
             # Score what is stored (8-bit PNG): insertion sees the pixels the next reward model trains on.
             scores = models[entry.category].score(
@@ -445,18 +494,33 @@ def expand(
                 entry.ordering, {i: values[i] for i in ranked}, {i: values[i] for i in new_ids}
             )
             inserted += len(new_ids)
-            flat = [i for group in entry.ordering for i in group]
-            worst_human = max(flat.index(h) for h in entry.human)
-            above_human += sum(flat.index(i) < worst_human for i in new_ids)
+            above_human += _above_some(entry.ordering, entry.human, new_ids)
+            if config.expert_pushback:
+                # Shown in id order: the experts' answer does not depend on the provisional ranking.
+                flat = sorted(i for group in entry.ordering for i in group)
+                experts = expert_ranking(config, data, entry.prompt, flat)
+                expert_above_human += _above_some(experts, entry.human, new_ids)
+                entry.ordering = experts
+                entry.human = tuple(flat)
         if progress is not None:
-            done = min(start + per_chunk, len(entries))
             progress(f"iter{iteration}/expand", done, len(entries), {"inserted": float(inserted)})
-    return {
+    metrics = {
         "inserted": float(inserted),
         "sampled_prompts": float(len(entries)),
         # Share of new samples placed above at least one human-ranked image (0: the rewards put them last).
         "above_some_human": above_human / inserted if inserted else 0.0,
     }
+    if config.expert_pushback:
+        # The same share in the experts' ranking (what the provisional insertion should have predicted).
+        metrics["expert_above_some_human"] = expert_above_human / inserted if inserted else 0.0
+    return metrics
+
+
+def _above_some(ordering: Sequence[Sequence[int]], human: Sequence[int], new_ids: Sequence[int]) -> int:
+    """How many of ``new_ids`` are ranked above at least one of the (earlier) ``human`` items."""
+    flat = [i for group in ordering for i in group]
+    worst_human = max(flat.index(h) for h in human)
+    return sum(flat.index(i) < worst_human for i in new_ids)
 
 
 # ------------------------------------------------------------------------------------ the loop
@@ -476,7 +540,7 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
     (root / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
     prompts, validation = loop_prompts(config)
     t0 = time.perf_counter()
-    data = rank_gallery(config, prompts, root)
+    data = rank_gallery(config, prompts, root, progress)
     gallery_seconds = time.perf_counter() - t0
     train_prompts = sorted({p.prompt for p in data.prompts})
     previous: Path | None = None
@@ -586,6 +650,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrain-images", type=int)
     parser.add_argument("--samples-per-prompt", type=int)
     parser.add_argument("--sample-prompts", type=int)
+    parser.add_argument(
+        "--base-in-gallery", action="store_true", default=None, help="D_0 also ranks p_0's own samples"
+    )
+    parser.add_argument("--base-samples", type=int, help="p_0 samples per D_0 group (--base-in-gallery)")
+    parser.add_argument(
+        "--expert-pushback",
+        action="store_true",
+        default=None,
+        help="the panel re-ranks each expanded group after the provisional reward-score insertion",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared box)")
     return parser
@@ -606,6 +680,9 @@ def config_from_args(args: argparse.Namespace) -> LoopConfig:
         "pretrain_images",
         "samples_per_prompt",
         "sample_prompts",
+        "base_in_gallery",
+        "base_samples",
+        "expert_pushback",
         "seed",
     ):
         if getattr(args, name) is not None:
@@ -656,6 +733,7 @@ __all__ = [
     "RankedPrompt",
     "conservative_refl",
     "expand",
+    "expert_ranking",
     "finetune",
     "load_policy",
     "loop_prompts",
