@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,20 @@ from PIL import Image as PILImage
 from annotation.rankformats import ITERCOMP_GALLERY
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPBENCH = ROOT.parent / "shared" / "data" / "t2i-compbench"
+# The shared data folder sits beside the checkout (../shared); STUDIO_SHARED_DIR points elsewhere.
+_SHARED_CANDIDATES = [
+    Path(os.environ["STUDIO_SHARED_DIR"]) if os.environ.get("STUDIO_SHARED_DIR") else None,
+    ROOT.parent / "shared",
+    ROOT / "shared",
+]
+COMPBENCH = next(
+    (
+        c / "data" / "t2i-compbench"
+        for c in _SHARED_CANDIDATES
+        if c and (c / "data" / "t2i-compbench").is_dir()
+    ),
+    ROOT.parent / "shared" / "data" / "t2i-compbench",
+)
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (16, 16), fmt: str = "PNG") -> bytes:
