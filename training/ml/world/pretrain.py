@@ -163,7 +163,20 @@ def _pretrain(
         "parameters": model.num_parameters(),
         "torch": torch.__version__,
         "machine": platform.machine(),
+        # Float results depend on the CPU kernel path, so a checkpoint records which one trained it.
+        "cpu_model": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     if out is not None:
         ema.save_pretrained(out, train_info=record)
     return ema, record
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
