@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -35,7 +34,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.ml.loop import LoopConfig, conservative_refl, load_policy, print_progress, run_loop  # noqa: E402
+from training.ml.loop import (  # noqa: E402
+    LoopConfig,
+    conservative_refl,
+    hash_rank,
+    load_policy,
+    print_progress,
+    run_loop,
+)
 from training.ml.refl.best_of_n import best_of_n  # noqa: E402
 from training.ml.refl.config import GuardConfig  # noqa: E402
 from training.ml.refl.losses import weighted_reward  # noqa: E402
@@ -53,7 +59,7 @@ def eval_set(per_sub: int, seeds: int) -> list[tuple[str, str, int]]:
     """(prompt, subcategory, seed) for held-out prompts; deterministic hash choice per subcategory."""
     flat = []
     for sub, prompts in held_out_prompts().items():
-        ranked = sorted(prompts, key=lambda p: hashlib.sha256(f"eval:{p}".encode()).hexdigest())
+        ranked = hash_rank(prompts, "eval")
         flat += [(p, sub, s) for p in ranked[:per_sub] for s in range(seeds)]
     return flat
 

@@ -22,7 +22,6 @@ Reported per run: mean oracle score and mean weighted normalised reward on the e
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -36,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from training.ml.loop import hash_rank  # noqa: E402
 from training.ml.refl.config import GuardConfig, ReFLConfig  # noqa: E402
 from training.ml.refl.sampler import sample  # noqa: E402
 from training.ml.refl.trainer import ReFLTrainer, RewardSpec  # noqa: E402
@@ -48,8 +48,7 @@ OUT = ROOT / "bench" / "out"
 
 
 def _pick(prompts: list[str], n: int, salt: str) -> list[str]:
-    # Deterministic, order-independent choice (hash rank), so the sets never depend on list order.
-    return sorted(prompts, key=lambda p: hashlib.sha256(f"{salt}:{p}".encode()).hexdigest())[:n]
+    return hash_rank(prompts, salt)[:n]
 
 
 def prompt_sets(val_per_sub: int, eval_per_sub: int) -> dict[str, dict[str, list[str]]]:

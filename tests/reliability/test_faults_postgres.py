@@ -40,24 +40,26 @@ def broken_sessions(monkeypatch):
     return fail_with
 
 
-@pytest.mark.django_db
-def test_a_database_outage_answers_503_with_retry_after_even_from_middleware(client, broken_sessions):
+def _database_down() -> Exception:
     from django.db import OperationalError
 
-    client.raise_request_exception = False
-    client.cookies["sessionid"] = "x" * 32
-    broken_sessions(OperationalError("server closed the connection unexpectedly"))
-    response = client.get("/rank/")
-    assert response.status_code == 503
-    assert response["Retry-After"] == "5"
-    assert b"Back in a moment" in response.content
+    return OperationalError("server closed the connection unexpectedly")
 
 
 @pytest.mark.django_db
-def test_any_other_server_error_is_still_a_500(client, broken_sessions):
+@pytest.mark.parametrize(
+    ("make_error", "status", "retry_after"),
+    [(_database_down, 503, "5"), (lambda: RuntimeError("a bug"), 500, None)],
+    ids=["database-outage-is-503-with-retry-after-even-from-middleware", "any-other-error-is-still-500"],
+)
+def test_server_errors_tell_a_database_outage_from_a_bug(
+    client, broken_sessions, make_error, status, retry_after
+):
     client.raise_request_exception = False
     client.cookies["sessionid"] = "x" * 32
-    broken_sessions(RuntimeError("a bug"))
+    broken_sessions(make_error())
     response = client.get("/rank/")
-    assert response.status_code == 500
-    assert not response.has_header("Retry-After")
+    assert response.status_code == status
+    assert response.get("Retry-After") == retry_after
+    if status == 503:
+        assert b"Back in a moment" in response.content

@@ -159,7 +159,7 @@ class LoopConfig:
 # ------------------------------------------------------------------------------------ prompts
 
 
-def _hash_rank(prompts: Sequence[str], salt: str) -> list[str]:
+def hash_rank(prompts: Sequence[str], salt: str) -> list[str]:
     # Order-independent deterministic choice: the sets never depend on how the grammar lists prompts.
     return sorted(prompts, key=lambda p: hashlib.sha256(f"{salt}:{p}".encode()).hexdigest())
 
@@ -172,9 +172,9 @@ def loop_prompts(config: LoopConfig) -> tuple[list[tuple[str, str]], list[str]]:
     for category in config.categories:
         subs = [s for s in SUBCATEGORIES if REWARD_CATEGORY[s] == category]
         for i, sub in enumerate(subs):
-            ranked = _hash_rank(pool[sub], f"loop-val-{config.seed}")
+            ranked = hash_rank(pool[sub], f"loop-val-{config.seed}")
             validation += ranked[: config.val_prompts_per_subcategory]
-            rest = _hash_rank(ranked[config.val_prompts_per_subcategory :], f"loop-data-{config.seed}")
+            rest = hash_rank(ranked[config.val_prompts_per_subcategory :], f"loop-data-{config.seed}")
             # Even spread; the remainder goes to the first subcategories; small ones give what they have.
             want = config.prompts_per_category // len(subs) + (i < config.prompts_per_category % len(subs))
             data += [(p, sub) for p in rest[:want]]
@@ -474,7 +474,7 @@ def expand(
     entries = [p for p in data.prompts if p.category in models]
     if config.sample_prompts is not None:
         chosen = set(
-            _hash_rank([str(p.prompt_id) for p in entries], f"sample-{iteration}")[: config.sample_prompts]
+            hash_rank([str(p.prompt_id) for p in entries], f"sample-{iteration}")[: config.sample_prompts]
         )
         entries = [p for p in entries if str(p.prompt_id) in chosen]
     inserted, above_human, expert_above_human = 0, 0, 0
@@ -735,6 +735,7 @@ __all__ = [
     "expand",
     "expert_ranking",
     "finetune",
+    "hash_rank",
     "load_policy",
     "loop_prompts",
     "main",
