@@ -3,7 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from gallery.models import Category, Generator, GeneratorKind
-from training.round_config import (
+from training.ml.algorithm1.config import (
     SYNTHETIC_BASE,
     FeedbackStageConfig,
     PushBackConfig,
@@ -40,6 +40,15 @@ class RoundForm(forms.Form):
     sampling_steps = forms.IntegerField(min_value=2, initial=_F.sampling_steps)
     late_steps = forms.IntegerField(min_value=1, initial=_F.late_steps)
     guidance_scale = forms.FloatField(initial=_F.guidance_scale)
+    reward_scale = forms.FloatField(initial=_F.reward_scale, help_text="λ, the weight of the reward loss.")
+    pretrain_loss_weight = forms.FloatField(
+        min_value=0,
+        initial=_F.pretrain_loss_weight,
+        help_text="Weight of the denoising loss on correct (world) or expert-preferred images; 0 turns it off.",
+    )
+    guard_every = forms.IntegerField(
+        min_value=1, initial=_F.guard_every, help_text="Steps between hacking-guard evaluations."
+    )
     lora = forms.BooleanField(required=False, initial=_F.lora, label="LoRA (off: full fine-tuning)")
     lora_rank = forms.IntegerField(min_value=1, initial=_F.lora_rank)
     samples_per_prompt = forms.IntegerField(min_value=1, max_value=2, initial=_P.samples_per_prompt)
@@ -65,6 +74,9 @@ class RoundForm(forms.Form):
                     sampling_steps=data["sampling_steps"],
                     late_steps=data["late_steps"],
                     guidance_scale=data["guidance_scale"],
+                    reward_scale=data["reward_scale"],
+                    pretrain_loss_weight=data["pretrain_loss_weight"],
+                    guard_every=data["guard_every"],
                     lora=data["lora"],
                     lora_rank=data["lora_rank"],
                 ),

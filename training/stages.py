@@ -1,5 +1,8 @@
-"""The worker side of a round: each stage reads rows and files, calls the Django-free ML core, and
-registers what it produced (files first, rows after, so no row ever names a partial file).
+"""The worker side of a round: adapters between PostgreSQL/storage and Algorithm 1's steps.
+
+Each stage reads its inputs from the database and storage, calls one step of
+:mod:`training.ml.algorithm1.steps` (the code ``python -m training.ml.loop`` and the learning benchmark
+run), and registers what it produced (files first, rows after, so no row ever names a partial file).
 
 Runs only on workers: torch and the ML core are imported inside the functions.
 """
@@ -8,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,8 @@ from django.utils.text import slugify
 from annotation.models import ConsensusRanking, TaskStatus
 from gallery.models import Category, Generator, GeneratorKind, Image, Prompt
 from training.artifacts import artifact_fetch_dir, artifact_store_dir, file_fetch
+from training.ml.algorithm1.config import RoundConfig
 from training.models import DiffusionCheckpoint, RewardModelCheckpoint, RoundStatus
-from training.round_config import SYNTHETIC_BASE, RoundConfig
 from training.runner import StageContext
 from training.services import round_log, round_record_outputs
 
@@ -65,22 +67,75 @@ def _categories(context: StageContext) -> list[Category]:
     return list(context.training_round.categories.order_by("position"))
 
 
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def storage_image_loader() -> Callable[[str, str], Any]:
     """The reward trainer's image loader: storage name + sha256 → tensor, via the worker's file cache."""
-    import numpy as np
-    import torch
     from PIL import Image as PILImage
+
+    from training.ml.reward.data import pil_to_tensor
 
     def load(path: str, sha256: str):
         with PILImage.open(file_fetch(path, sha256)) as img:
-            array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-        return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+            return pil_to_tensor(img)
+
+    return load
+
+
+def reward_pretrained_path(config: RoundConfig) -> str | None:
+    """The BLIP folder the worker names for real runs; the synthetic world's reward models start from
+    the round configuration's small from-scratch BLIP."""
+    return None if config.is_synthetic else (settings.REWARD_BLIP_PATH or None)
+
+
+def base_model(config: RoundConfig) -> tuple[str, str]:
+    from training.ml.algorithm1.steps import base_model_location
+    from training.ml.world.model import PRETRAINED_DIR
+
+    return base_model_location(config, settings.WORLD_BASE_MODEL_PATH or str(PRETRAINED_DIR))
+
+
+def policy_chain(training_round, iteration: int) -> list[Path]:
+    """Local copies of the ReFL checkpoints of this round's iterations before ``iteration``, in order."""
+    earlier = DiffusionCheckpoint.objects.filter(training_round=training_round, iteration__lt=iteration)
+    return [artifact_fetch_dir(c.file.name, c.sha256) for c in earlier.order_by("iteration")]
+
+
+def prompt_pools(categories: list[Category]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """ReFL's candidate prompts per category: train-split prompts whose gallery the experts ranked (D's
+    prompts), and val-split prompts for the guard."""
+    ranked = set(
+        ConsensusRanking.objects.filter(task__prompt__category__in=categories).values_list(
+            "task__prompt_id", flat=True
+        )
+    )
+    train: dict[str, list[str]] = {}
+    validation: dict[str, list[str]] = {}
+    for prompt in Prompt.objects.filter(category__in=categories, split__in=("train", "val")).select_related(
+        "category"
+    ):
+        if prompt.split == "val":
+            validation.setdefault(prompt.category.slug, []).append(prompt.text)
+        elif prompt.pk in ranked:
+            train.setdefault(prompt.category.slug, []).append(prompt.text)
+    return train, validation
+
+
+def preferred_images(categories: list[Category]) -> Callable[[int], list]:
+    """Up to n (prompt, image) pairs the experts ranked first, for a diffusers base's pretraining loss."""
+
+    def load(n: int) -> list:
+        loader = storage_image_loader()
+        chosen = []
+        rows = ConsensusRanking.objects.filter(
+            task__prompt__category__in=categories, task__prompt__split="train"
+        ).select_related("task__prompt")
+        for consensus in rows.order_by("task__prompt_id", "-task__iteration", "-task_id"):
+            if len(chosen) >= n:
+                break
+            if len(consensus.ordering[0]) != 1:  # a tie for first place names no single preferred image
+                continue
+            image = Image.objects.get(pk=consensus.ordering[0][0])
+            chosen.append((consensus.task.prompt.text, loader(image.file.name, image.sha256)))
+        return chosen
 
     return load
 
@@ -88,7 +143,8 @@ def storage_image_loader() -> Callable[[str, str], Any]:
 # --- stage 1: reward models --------------------------------------------------------------------------
 
 
-def _write_training_pairs(category: Category, iteration: int, target: Path) -> int:
+def write_training_pairs(category: Category, iteration: int, target: Path) -> int:
+    """D_k of one category as the pair export the reward trainer reads (the researchers' format)."""
     from annotation.exporters.pairs import PAIR_LOOKUPS, jsonl_chunks
     from annotation.selectors_training import pairs_for_training
 
@@ -101,38 +157,9 @@ def _write_training_pairs(category: Category, iteration: int, target: Path) -> i
     return count
 
 
-def reward_model_config(config: RoundConfig, category_slug: str):
-    """A BLIP folder named in the settings for real runs; the small BLIP config for the synthetic world."""
-    from training.ml.reward import RewardModelConfig, TextSpec, VisionSpec
-
-    pretrained = settings.REWARD_BLIP_PATH or None
-    if config.base_model == SYNTHETIC_BASE or pretrained is None:
-        return RewardModelConfig(
-            category=category_slug,
-            vision=VisionSpec(
-                image_size=32,
-                patch_size=4,
-                hidden_size=96,
-                intermediate_size=384,
-                num_hidden_layers=3,
-                num_attention_heads=4,
-            ),
-            text=TextSpec(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4),
-            freeze_fraction=0.0,
-        )
-    return RewardModelConfig(
-        category=category_slug, pretrained_path=pretrained, freeze_fraction=config.reward.freeze_fraction
-    )
-
-
 def stage_train_rewards(context: StageContext) -> None:
-    from training.ml.reward import (
-        RewardData,
-        RewardTrainConfig,
-        dataset_fingerprint,
-        read_pairs,
-        train_reward_model,
-    )
+    from training.ml.algorithm1.steps import checkpoint_config, train_reward
+    from training.ml.reward import dataset_fingerprint, read_pairs
 
     config = _config(context)
     done = {}
@@ -144,7 +171,7 @@ def stage_train_rewards(context: StageContext) -> None:
             done[category.slug] = existing.pk
             continue
         pairs_path = _workdir(context, "pairs") / f"{category.slug}.jsonl"
-        n_pairs = _write_training_pairs(category, context.iteration, pairs_path)
+        n_pairs = write_training_pairs(category, context.iteration, pairs_path)
         if n_pairs == 0:
             round_log(
                 round_id=context.training_round.pk, message=f"no pairs yet for {category.name}; skipped"
@@ -154,19 +181,15 @@ def stage_train_rewards(context: StageContext) -> None:
             round_id=context.training_round.pk,
             message=f"training the {category.name} reward model on {n_pairs} pairs",
         )
-        train_config = RewardTrainConfig(
-            model=reward_model_config(config, category.slug),
-            output_dir=str(_workdir(context, "reward") / category.slug),
-            epochs=config.reward.epochs,
-            lr=config.reward.learning_rate,
-            batch_groups=config.reward.batch_prompts,
-            cpu=_device() == "cpu",
-            seed=config.seed + context.iteration,
-        )
         records = read_pairs(pairs_path)
-        info = train_reward_model(
-            train_config,
-            RewardData(records=records, image_loader=storage_image_loader()),
+        info = train_reward(
+            config,
+            category.slug,
+            records,
+            storage_image_loader(),
+            _workdir(context, "reward") / category.slug,
+            context.iteration,
+            pretrained_path=reward_pretrained_path(config),
             progress=context.progress_callback(f"reward model · {category.name}"),
         )
         name, sha = artifact_store_dir(info.path, prefix="checkpoints/reward")
@@ -177,7 +200,7 @@ def stage_train_rewards(context: StageContext) -> None:
             defaults={
                 "file": name,
                 "sha256": sha,
-                "config": json.loads((Path(info.path) / "checkpoint.json").read_text()).get("config", {}),
+                "config": checkpoint_config(info.path),
                 "metrics": _jsonable(info.metrics),
                 "dataset_hash": dataset_fingerprint(records)["sha256"],
                 "code_version": code_version(),
@@ -196,64 +219,8 @@ def stage_train_rewards(context: StageContext) -> None:
 # --- stage 2: feedback learning ----------------------------------------------------------------------
 
 
-def _family_and_path(config: RoundConfig) -> tuple[str, str]:
-    if config.base_model == SYNTHETIC_BASE:
-        from training.ml.world.model import PRETRAINED_DIR
-
-        return "world", settings.WORLD_BASE_MODEL_PATH or str(PRETRAINED_DIR)
-    path = Path(config.base_model)
-    model_index = path / "model_index.json"
-    if not model_index.is_file():
-        raise ValueError(f"{path} is not a local diffusers folder (no model_index.json)")
-    pipeline = json.loads(model_index.read_text()).get("_class_name", "")
-    return ("sdxl" if "XL" in pipeline else "sd15"), str(path)
-
-
-def load_adapter_at(context: StageContext, config: RoundConfig, iteration: int):
-    """The base model with every earlier iteration's fine-tuning of this round merged in."""
-    from training.ml.refl.stage import ADAPTER_LOADERS, apply_refl_checkpoint
-
-    family, path = _family_and_path(config)
-    adapter = ADAPTER_LOADERS[family](path)
-    earlier = DiffusionCheckpoint.objects.filter(
-        training_round=context.training_round, iteration__lt=iteration
-    )
-    for checkpoint in earlier.order_by("iteration"):
-        local = artifact_fetch_dir(checkpoint.file.name, checkpoint.sha256)
-        apply_refl_checkpoint(adapter, local)
-        _merge_lora(adapter)
-    return adapter, family, path
-
-
-def _merge_lora(adapter) -> None:
-    """Fold LoRA weights into the UNet so the next iteration trains a fresh adapter on top."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    unet = adapter.unet
-    tuned = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
-    if not tuned:
-        return
-    for module in tuned:
-        module.merge()
-    merged = {k.replace(".base_layer", ""): v for k, v in unet.state_dict().items() if "lora_" not in k}
-    unet.delete_adapters(unet.active_adapters())
-    unet.load_state_dict(merged)
-
-
-def _prompts(context: StageContext, split: str, per_category: int, seed: int) -> list[Prompt]:
-    chosen: list[Prompt] = []
-    for category in _categories(context):
-        ids = list(
-            Prompt.objects.filter(category=category, split=split).order_by("id").values_list("id", flat=True)
-        )
-        random.Random(seed + category.pk).shuffle(ids)
-        chosen.extend(Prompt.objects.filter(pk__in=ids[:per_category]).order_by("id"))
-    return chosen
-
-
 def stage_feedback_learning(context: StageContext) -> None:
-    from training.ml.refl import GuardConfig, LoRASettings, ReFLConfig
-    from training.ml.refl.stage import ReFLStageConfig, ReFLStageData, RewardSource, finetune_refl
+    from training.ml.algorithm1.steps import checkpoint_config, finetune, pretrain_data, refl_prompts
 
     config = _config(context)
     existing = DiffusionCheckpoint.objects.filter(
@@ -261,53 +228,40 @@ def stage_feedback_learning(context: StageContext) -> None:
     )
     if existing.exists():
         return
-    rewards = []
-    for checkpoint in RewardModelCheckpoint.objects.filter(
-        training_round=context.training_round, iteration=context.iteration
-    ):
-        local = artifact_fetch_dir(checkpoint.file.name, checkpoint.sha256)
-        rewards.append(RewardSource(name=checkpoint.category.slug, path=str(local), weight=1.0))
+    rewards = {
+        checkpoint.category.slug: artifact_fetch_dir(checkpoint.file.name, checkpoint.sha256)
+        for checkpoint in RewardModelCheckpoint.objects.filter(
+            training_round=context.training_round, iteration=context.iteration
+        ).select_related("category")
+    }
     if not rewards:
         raise RuntimeError("no reward model checkpoints for this iteration")
-    adapter, family, path = load_adapter_at(context, config, context.iteration)
-    fb = config.feedback
-    train_prompts = [
-        p.text for p in _prompts(context, "train", config.push_back.prompts_per_category, config.seed)
-    ]
-    val_prompts = [p.text for p in _prompts(context, "val", 16, config.seed)]
+    family, path = base_model(config)
+    categories = _categories(context)
+    train_pool, validation_pool = prompt_pools(categories)
+    prompts, validation = refl_prompts(config, train_pool, validation_pool)
+    if not prompts:
+        raise RuntimeError("no ranked training prompts in the round's categories")
     heldout = None
     if family == "world":
         from training.ml.refl.world_adapter import oracle_evaluator
 
         heldout = oracle_evaluator
-    refl = ReFLConfig(
-        num_inference_steps=fb.sampling_steps,
-        late_steps=fb.late_steps,
-        guidance_scale=fb.guidance_scale,
-        max_steps=fb.steps,
-        learning_rate=fb.learning_rate,
-        reward_scale=fb.reward_scale,
-        train_mode="lora" if fb.lora else "full",
-        lora=LoRASettings(rank=fb.lora_rank),
-        seed=config.seed + context.iteration,
-        guard=GuardConfig(every=fb.guard_every if heldout is not None else 0),
-    )
-    info = finetune_refl(
-        ReFLStageConfig(
-            refl=refl,
-            output_dir=str(_workdir(context, "refl")),
-            family=family,
-            base_model_path=path,
-            rewards=tuple(rewards),
-        ),
-        ReFLStageData(
-            prompts=train_prompts,
-            validation_prompts=val_prompts or train_prompts[:8],
-            adapter=adapter,
-            heldout=heldout,
-        ),
+    result = finetune(
+        config,
+        family=family,
+        base_path=path,
+        chain=policy_chain(context.training_round, context.iteration),
+        rewards=rewards,
+        prompts=prompts,
+        validation_prompts=validation,
+        output_dir=_workdir(context, "refl"),
+        iteration=context.iteration,
+        pretrain=pretrain_data(config, family, context.iteration, preferred=preferred_images(categories)),
+        heldout=heldout,
         progress=context.progress_callback("feedback learning"),
     )
+    info = result.checkpoint
     name, sha = artifact_store_dir(info.path, prefix="checkpoints/diffusion")
     base = context.training_round.base_generator
     base_name = base.name if base else ("World base" if family == "world" else Path(path).name)
@@ -329,11 +283,11 @@ def stage_feedback_learning(context: StageContext) -> None:
             defaults={
                 "file": name,
                 "sha256": sha,
-                "config": json.loads((Path(info.path) / "checkpoint.json").read_text()).get("config", {}),
+                "config": checkpoint_config(info.path),
                 "metrics": _jsonable(info.metrics),
                 "generator": generator,
                 "code_version": code_version(),
-                "dataset_hash": ",".join(sorted(str(r.path)[-12:] for r in rewards)),
+                "dataset_hash": ",".join(sorted(str(p)[-12:] for p in rewards.values())),
             },
         )
     _record_guard_curve(context, info.metrics)
@@ -376,67 +330,55 @@ def _png_bytes(tensor) -> bytes:
 
 def _sampling_prompts(context: StageContext, config: RoundConfig) -> list[Prompt]:
     """Train prompts whose gallery has a human consensus (the ones insertion can extend)."""
-    with_consensus = ConsensusRanking.objects.filter(
+    from training.ml.algorithm1.steps import expansion_prompts
+
+    by_category: dict[str, list[int]] = {}
+    rows = ConsensusRanking.objects.filter(
         task__prompt__category__in=_categories(context), task__prompt__split="train"
-    ).values_list("task__prompt_id", flat=True)
-    ids = sorted(set(with_consensus))
-    random.Random(config.seed + 7 * context.iteration).shuffle(ids)
-    per_round = config.push_back.prompts_per_category * max(1, len(_categories(context)))
-    return list(Prompt.objects.filter(pk__in=ids[:per_round]).order_by("id"))
+    ).values_list("task__prompt__category__slug", "task__prompt_id")
+    for slug, prompt_id in rows:
+        by_category.setdefault(slug, []).append(prompt_id)
+    ids = expansion_prompts(config, by_category, context.iteration)
+    return list(Prompt.objects.filter(pk__in=ids).order_by("id"))
 
 
 def stage_sampling(context: StageContext) -> None:
-    import torch
-
     from gallery.services.images import image_register
-    from training.ml.refl.sampler import sample
-    from training.ml.refl.stage import apply_refl_checkpoint
+    from training.ml.algorithm1.steps import load_policy, sample_groups, sample_seeds
 
     config = _config(context)
     checkpoint = DiffusionCheckpoint.objects.get(
         training_round=context.training_round, iteration=context.iteration
     )
-    adapter, family, _ = load_adapter_at(context, config, context.iteration)
-    apply_refl_checkpoint(adapter, artifact_fetch_dir(checkpoint.file.name, checkpoint.sha256))
+    family, path = base_model(config)
+    policy = load_policy(family, path, policy_chain(context.training_round, context.iteration + 1))
     prompts = _sampling_prompts(context, config)
     per_prompt = config.push_back.samples_per_prompt
     fb = config.feedback
     created = 0
-    for index, prompt in enumerate(prompts):
-        seeds = [
-            config.seed * 1_000_003 + prompt.pk * 10 + k + 100 * context.iteration for k in range(per_prompt)
-        ]
-        images = []
-        for seed in seeds:
-            generator = torch.Generator().manual_seed(seed)
-            images.append(
-                sample(
-                    adapter,
-                    [prompt.text],
-                    num_inference_steps=fb.sampling_steps,
-                    guidance_scale=fb.guidance_scale,
-                    generator=generator,
-                )[0]
-            )
-        for seed, image in zip(seeds, images, strict=True):
-            registered = image_register(
-                prompt=prompt,
-                generator=checkpoint.generator,
-                image=_png_bytes(image),
-                seed=seed,
-                params={
-                    "steps": fb.sampling_steps,
-                    "guidance": fb.guidance_scale,
-                    "scheduler": "DDIM",
-                    "dtype": "float32",
-                    "family": family,
-                    "round": context.training_round.pk,
-                    "checkpoint_sha256": checkpoint.sha256,
-                },
-                iteration=context.iteration + 1,
-            )
-            created += registered.created
-        context.progress_callback("sampling")(index + 1, len(prompts), {"images": float(created)})
+    groups = [(p.pk, p.text) for p in prompts]
+    for done, sampled in sample_groups(config, policy, groups, per_prompt, context.iteration):
+        for prompt, images in zip(prompts[done - len(sampled) : done], sampled, strict=True):
+            seeds = sample_seeds(config, prompt.pk, per_prompt, context.iteration)
+            for seed, image in zip(seeds, images, strict=True):
+                registered = image_register(
+                    prompt=prompt,
+                    generator=checkpoint.generator,
+                    image=_png_bytes(image),
+                    seed=seed,
+                    params={
+                        "steps": fb.sampling_steps,
+                        "guidance": fb.guidance_scale,
+                        "scheduler": "DDIM",
+                        "dtype": "float32",
+                        "family": family,
+                        "round": context.training_round.pk,
+                        "checkpoint_sha256": checkpoint.sha256,
+                    },
+                    iteration=context.iteration + 1,
+                )
+                created += registered.created
+        context.progress_callback("sampling")(done, len(prompts), {"images": float(created)})
     round_record_outputs(
         round_id=context.training_round.pk,
         iteration=context.iteration,
@@ -453,6 +395,7 @@ def stage_inserting(context: StageContext) -> None:
 
     from annotation.services.model_pairs import model_pairs_replace
     from annotation.services.tasks import ranking_task_ensure
+    from training.ml.algorithm1.steps import push_back_prompts, reward_scores
     from training.ml.reward import load_reward_model
 
     config = _config(context)
@@ -466,8 +409,8 @@ def stage_inserting(context: StageContext) -> None:
         reward_models[rm.category_id] = load_reward_model(artifact_fetch_dir(rm.file.name, rm.sha256)).eval()
     outputs = context.training_round.outputs.get(str(context.iteration), {})
     prompt_ids = outputs.get("sampled_prompts", [])
+    to_experts = push_back_prompts(config, prompt_ids, context.iteration)
     loader = storage_image_loader()
-    rng = random.Random(config.seed + 31 * context.iteration)
     pushed: list[int] = []
     for index, prompt in enumerate(Prompt.objects.filter(pk__in=prompt_ids).order_by("id")):
         consensus = (
@@ -481,9 +424,8 @@ def stage_inserting(context: StageContext) -> None:
             continue
         ids = [i for group in consensus.ordering for i in group]
         all_images = list(Image.objects.filter(pk__in=ids)) + new_images
-        with torch.no_grad():
-            batch = torch.stack([loader(img.file.name, img.sha256) for img in all_images])
-            scores = model.score([prompt.text] * len(all_images), batch).tolist()
+        batch = torch.stack([loader(img.file.name, img.sha256) for img in all_images])
+        scores = reward_scores(model.score, prompt.text, batch)
         model_pairs_replace(
             prompt=prompt,
             consensus=consensus,
@@ -491,7 +433,7 @@ def stage_inserting(context: StageContext) -> None:
             scores={img.pk: s for img, s in zip(all_images, scores, strict=True)},
             iteration=context.iteration + 1,
         )
-        if rng.random() < config.push_back.share_of_prompts:
+        if prompt.pk in to_experts:
             gallery = [img for img in all_images if img.pk in set(ids)]
             room = config.push_back.max_images_per_task - len(gallery)
             if room > 0:

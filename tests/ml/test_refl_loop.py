@@ -10,8 +10,9 @@ import torch
 
 # One torch thread for every test here (the fixture is autouse) and the small world model config.
 from tests.ml.test_refl_world import SMALL, _one_thread  # noqa: F401
-from training.ml.loop import LoopConfig, conservative_refl, loop_prompts, main, rank_gallery, run_loop
-from training.ml.refl.config import GuardConfig
+from training.ml.algorithm1.config import RoundConfig
+from training.ml.algorithm1.steps import refl_config
+from training.ml.loop import LoopConfig, loop_prompts, loop_round_config, main, rank_gallery, run_loop
 from training.ml.world.model import WorldDiffusionModel
 
 
@@ -23,14 +24,26 @@ def tiny_base(tmp_path_factory):
     return path
 
 
-def tiny_config(out, base, **overrides) -> LoopConfig:
-    refl = dataclasses.replace(
-        conservative_refl(max_steps=2),
-        num_inference_steps=3,
-        late_steps=2,
-        pretrain_batch_size=2,
-        guard=GuardConfig(every=1, patience=3, num_inference_steps=2),
+def tiny_round(**feedback) -> RoundConfig:
+    base = loop_round_config()
+    return dataclasses.replace(
+        base,
+        reward=dataclasses.replace(base.reward, hidden_size=32, layers=1, epochs=1),
+        feedback=dataclasses.replace(
+            base.feedback,
+            **{
+                "steps": 2,
+                "sampling_steps": 3,
+                "late_steps": 2,
+                "guard_every": 1,
+                "pretrain_images": 4,
+                **feedback,
+            },
+        ),
     )
+
+
+def tiny_config(out, base, **overrides) -> LoopConfig:
     values = dict(
         output_dir=str(out),
         iterations=1,
@@ -38,11 +51,7 @@ def tiny_config(out, base, **overrides) -> LoopConfig:
         categories=("spatial",),
         prompts_per_category=3,
         val_prompts_per_subcategory=1,
-        reward_hidden=32,
-        reward_layers=1,
-        reward_epochs=1,
-        refl=refl,
-        pretrain_images=4,
+        round=tiny_round(),
     )
     values.update(overrides)
     return LoopConfig(**values)
@@ -88,12 +97,12 @@ def test_validation_prompts_never_overlap_the_ranked_prompts(tmp_path, tiny_base
     config = tiny_config(tmp_path, tiny_base, categories=("attribute_binding", "spatial", "non_spatial"))
     data, validation = loop_prompts(config)
     assert len(data) == 9 and len(validation) == 5
-    assert not {p for p, _ in data} & set(validation)
+    assert not {p for p, _ in data} & {p for p, _ in validation}
 
 
-def test_config_refuses_lora_chaining_and_empty_categories(tmp_path, tiny_base):
-    with pytest.raises(ValueError, match="full"):
-        tiny_config(tmp_path, tiny_base, refl=dataclasses.replace(conservative_refl(), train_mode="lora"))
+def test_config_refuses_a_diffusers_base_and_empty_categories(tmp_path, tiny_base):
+    with pytest.raises(ValueError, match="synthetic"):
+        tiny_config(tmp_path, tiny_base, round=dataclasses.replace(tiny_round(), base_model=str(tmp_path)))
     with pytest.raises(ValueError, match="categories"):
         tiny_config(tmp_path, tiny_base, categories=())
 
@@ -108,7 +117,7 @@ def test_command_line_runs_the_loop_from_a_config_file(tmp_path, tiny_base, caps
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["iteration"] == 0 and line["inserted"] == 3
     saved = json.loads((tmp_path / "cli" / "config.json").read_text())
-    assert saved["refl"]["max_steps"] == 1 and saved["output_dir"] == str(tmp_path / "cli")
+    assert saved["round"]["feedback"]["steps"] == 1 and saved["output_dir"] == str(tmp_path / "cli")
 
 
 def test_refl_command_line_finetunes_the_world_model_with_the_oracle_guard(tmp_path, tiny_base, capsys):
@@ -121,7 +130,7 @@ def test_refl_command_line_finetunes_the_world_model_with_the_oracle_guard(tmp_p
     from training.ml.reward.model import build_reward_model
 
     reward = save_reward_model(build_reward_model(RewardModelConfig.tiny("spatial"), seed=0), tmp_path / "rm")
-    refl = tiny_config(tmp_path, tiny_base).refl
+    refl = refl_config(tiny_round(), 0, guard=True)
     stage = ReFLStageConfig(
         refl=refl,
         output_dir=str(tmp_path / "unused"),
@@ -155,7 +164,11 @@ def test_base_in_gallery_and_expert_pushback_rank_the_models_samples_by_the_pane
     from training.ml.world.annotators import default_panel
 
     out = tmp_path / "loop"
-    config = tiny_config(out, tiny_base, base_in_gallery=True, base_samples=2, expert_pushback=True)
+    round_config = tiny_round()
+    round_config = dataclasses.replace(
+        round_config, push_back=dataclasses.replace(round_config.push_back, share_of_prompts=1.0)
+    )
+    config = tiny_config(out, tiny_base, base_in_gallery=True, base_samples=2, round=round_config)
     metrics = run_loop(config).metrics[0]
     load = FolderImageLoader(out)
     panel = default_panel(config.seed)[: config.annotators]

@@ -1,21 +1,22 @@
 """IterComp's Algorithm 1 (iterative feedback learning) on the synthetic world, without Django.
 
-For k = 0 .. K-1:
+The loop drives the same steps as the app's Celery stages (:mod:`training.ml.algorithm1.steps`) with
+the same round configuration (:class:`training.ml.algorithm1.config.RoundConfig`); only where the data
+lives differs: PNGs in a folder and a simulated expert panel here, PostgreSQL, object storage and real
+experts in the app. For k = 0 .. K-1:
 
-1. train the three composition reward models (attribute_binding, spatial, non_spatial) on D_k, the
+1. ``run_iteration``: train the reward models (attribute_binding, spatial, non_spatial) on D_k, the
    image-rank pairs of the current rankings (D_0: the six gallery generators' images of each prompt,
-   ranked by a panel of simulated expert annotators and aggregated into one consensus ordering);
-2. fine-tune p_k into p_{k+1} with multi-reward ReFL (the conservative recipe: low learning rate,
-   pretraining denoising loss mixed in, hacking guard scoring validation prompts with the oracle, the
-   best guard evaluation kept);
-3. sample new images from p_{k+1} for D_k's prompts and insert each into its prompt's ranking by the
-   reward score of that prompt's category (``annotation.pairs.insert_by_score``: the human order is never
-   changed), which gives D_{k+1}.
+   ranked by a panel of simulated expert annotators and aggregated into one consensus ordering), then
+   fine-tune p_k into p_{k+1} with multi-reward ReFL (pretraining denoising loss mixed in, hacking guard
+   scoring validation prompts with the oracle, the best guard evaluation kept);
+2. ``expand``: sample p_{k+1} for D_k's prompts and insert each sample into its prompt's ranking by the
+   reward score of that prompt's category (the human order is never changed), which gives D_{k+1}; the
+   round's push-back share of the expanded groups is then re-ranked by the panel (its consensus replaces
+   the provisional ranking), as the app pushes them back to the experts.
 
-Two options bring the loop closer to the paper, where the base model is one of the ranked gallery models
-and new samples go back to the experts: ``base_in_gallery`` adds ``base_samples`` samples of p_0 to every
-D_0 group, ranked by the panel with the gallery images; ``expert_pushback`` lets the panel rank each
-expanded group after the provisional reward-score insertion, and its consensus replaces that ranking.
+``base_in_gallery`` adds ``base_samples`` samples of p_0 to every D_0 group, ranked by the panel with the
+gallery images (in the paper the base model is one of the ranked gallery models).
 
 Everything lives under ``output_dir``: ``images/`` (PNG, the pair files point at them),
 ``iter_k/pairs.jsonl`` (D_k), ``iter_k/reward/<category>/`` and ``iter_k/refl/`` (checkpoints),
@@ -30,12 +31,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import io
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,53 +44,76 @@ import torch
 from PIL import Image
 
 from annotation.aggregation import aggregate
-from annotation.pairs import insert_by_score, pairs_from_ordering
-from training.ml.common import CheckpointInfo, config_from_dict, config_to_dict, sha256_bytes
-from training.ml.refl.config import GuardConfig, ReFLConfig
-from training.ml.refl.sampler import sample
-from training.ml.refl.stage import (
-    ReFLStageConfig,
-    ReFLStageData,
-    RewardSource,
-    apply_refl_checkpoint,
-    finetune_refl,
+from annotation.pairs import pairs_from_ordering
+from training.ml.algorithm1.config import FeedbackStageConfig, PushBackConfig, RewardStageConfig, RoundConfig
+from training.ml.algorithm1.steps import (
+    FinetuneResult,
+    expansion_prompts,
+    finetune,
+    hash_rank,
+    insert_samples,
+    load_policy,
+    pretrain_data,
+    push_back_prompts,
+    refl_prompts,
+    reward_scores,
+    sample_groups,
+    train_reward,
 )
-from training.ml.refl.world_adapter import WorldAdapter, load_world_adapter, oracle_evaluator
+from training.ml.common import CheckpointInfo, config_from_dict, config_to_dict, sha256_bytes
+from training.ml.refl.adapters import DiffusionAdapter
+from training.ml.refl.world_adapter import oracle_evaluator
 from training.ml.reward.checkpoint import load_reward_model
-from training.ml.reward.config import RewardModelConfig, RewardTrainConfig, TextSpec, VisionSpec
-from training.ml.reward.data import FolderImageLoader, PairRecord, write_pairs_jsonl
-from training.ml.reward.train import RewardData, train_reward_model
+from training.ml.reward.data import FolderImageLoader, ImageLoader, PairRecord, write_pairs_jsonl
 from training.ml.world.annotators import default_panel
 from training.ml.world.gallery import GALLERY_GENERATORS
 from training.ml.world.model import PRETRAINED_DIR
-from training.ml.world.pretrain import draw_batch, training_prompts
+from training.ml.world.pretrain import training_prompts
 from training.ml.world.vocab import REWARD_CATEGORIES, REWARD_CATEGORY, SUBCATEGORIES
 
 LoopProgress = Callable[[str, int, int, Mapping[str, float]], "bool | None"]
 """``(stage, step, total, metrics)``; stage is e.g. ``"iter1/refl"``. Returning False stops that stage."""
 
+UNCAPPED = 100_000  # "every prompt": D's prompts all train ReFL and are all expanded
 
-def conservative_refl(max_steps: int = 80, seed: int = 0) -> ReFLConfig:
-    """The recipe that did not hurt the oracle in bench/refl_world.py: low lr, pre-loss, guard, keep best."""
-    return ReFLConfig(
-        num_inference_steps=20,
-        late_steps=5,
-        guidance_scale=1.0,
-        batch_size=2,
-        max_steps=max_steps,
-        learning_rate=1.5e-5,
-        # Rewards are normalised (mean 0, std 1 on their training images), so no 1e-3 down-scaling.
-        reward_scale=1.0,
-        pretrain_loss_weight=1.0,
-        weight_decay=0.0,
-        train_mode="full",
+
+def loop_round_config(seed: int = 0) -> RoundConfig:
+    """The recipe that did not hurt the oracle in bench/refl_world.py, as a round configuration.
+
+    Full fine-tuning at a low learning rate with the pretraining loss and the guard; rewards are
+    normalised (mean 0, std 1 on their training images), so no 1e-3 down-scaling; the small from-scratch
+    reward BLIP that learns on CPU; one new sample per prompt, nothing pushed back to the panel.
+    """
+    return RoundConfig(
         seed=seed,
-        guard=GuardConfig(every=10, patience=3, restore_best_at_end=True),
+        reward=RewardStageConfig(
+            epochs=4, learning_rate=3e-4, batch_prompts=8, hidden_size=128, layers=4, patch_size=8
+        ),
+        feedback=FeedbackStageConfig(
+            steps=80,
+            learning_rate=1.5e-5,
+            sampling_steps=20,
+            late_steps=5,
+            guidance_scale=1.0,
+            reward_scale=1.0,
+            batch_size=2,
+            weight_decay=0.0,
+            lora=False,
+            pretrain_loss_weight=1.0,
+            pretrain_images=256,
+            guard_every=10,
+            guard_patience=3,
+            prompts_per_category=UNCAPPED,
+            validation_prompts_per_category=UNCAPPED,
+        ),
+        push_back=PushBackConfig(samples_per_prompt=1, share_of_prompts=0.0, prompts_per_category=UNCAPPED),
     )
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
+    """Where the loop's data comes from (the world, the panel); ``round`` is how it trains, as in the app."""
+
     output_dir: str
     iterations: int = 3
     base_model_path: str = str(PRETRAINED_DIR)
@@ -103,25 +126,10 @@ class LoopConfig:
     image_size: int = 32
     # Validation prompts per subcategory for the guard; drawn from the pretraining split, never in D.
     val_prompts_per_subcategory: int = 6
-    # Reward models: the small from-scratch BLIP of bench/reward_world.py, retrained on D_k each iteration.
-    reward_hidden: int = 128
-    reward_layers: int = 4
-    reward_patch: int = 8
-    reward_epochs: int = 4
-    reward_lr: float = 3e-4
-    reward_batch_groups: int = 8
-    refl: ReFLConfig = dataclasses.field(default_factory=conservative_refl)
-    pretrain_images: int = 256  # correct renders for the pretraining loss of ReFL
-    # Expansion: new samples per prompt of D_k; None samples every prompt, an int caps the prompts.
-    samples_per_prompt: int = 1
-    sample_prompts: int | None = None
     # D_0 also holds base_samples samples of p_0 per group, ranked by the panel with the gallery images.
     base_in_gallery: bool = False
     base_samples: int = 2
-    # After the provisional insertion by reward score, the panel ranks the expanded group (its consensus
-    # replaces the provisional ranking; every image of the group is then expert-ranked).
-    expert_pushback: bool = False
-    seed: int = 0
+    round: RoundConfig = dataclasses.field(default_factory=loop_round_config)
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -137,54 +145,35 @@ class LoopConfig:
             raise ValueError(f"unknown consensus_method {self.consensus_method!r}")
         if self.val_prompts_per_subcategory < 1:
             raise ValueError("the guard needs validation prompts (val_prompts_per_subcategory >= 1)")
-        if min(self.reward_hidden, self.reward_layers, self.reward_epochs, self.reward_batch_groups) < 1:
-            raise ValueError("reward model sizes and epochs must be >= 1")
-        if self.reward_hidden % 32:
-            raise ValueError("reward_hidden must be a multiple of 32 (32-wide attention heads)")
-        if self.image_size % self.reward_patch:
-            raise ValueError("image_size must be a multiple of reward_patch")
-        if self.samples_per_prompt < 1 or (self.sample_prompts is not None and self.sample_prompts < 1):
-            raise ValueError("samples_per_prompt and sample_prompts must be >= 1")
         if self.base_in_gallery and self.base_samples < 1:
             raise ValueError("base_in_gallery needs base_samples >= 1")
-        # Each iteration hands on one checkpoint applied to the base model; a LoRA checkpoint would only
-        # hold the last iteration's adapter, so p_k could not be rebuilt from base + checkpoint.
-        if self.refl.train_mode != "full":
-            raise ValueError("the loop chains iterations through full-UNet checkpoints (train_mode='full')")
-        if self.refl.pretrain_loss_weight > 0 and self.pretrain_images < 1:
-            raise ValueError("pretrain_loss_weight > 0 needs pretrain_images >= 1")
+        if not self.round.is_synthetic:
+            raise ValueError("the loop runs on the synthetic world (round.base_model = 'synthetic-world')")
         object.__setattr__(self, "categories", tuple(self.categories))
+
+    @property
+    def seed(self) -> int:
+        return self.round.seed
 
 
 # ------------------------------------------------------------------------------------ prompts
 
 
-def hash_rank(prompts: Sequence[str], salt: str) -> list[str]:
-    # Order-independent deterministic choice: the sets never depend on how the grammar lists prompts.
-    return sorted(prompts, key=lambda p: hashlib.sha256(f"{salt}:{p}".encode()).hexdigest())
-
-
-def loop_prompts(config: LoopConfig) -> tuple[list[tuple[str, str]], list[str]]:
-    """(D's prompts as (prompt, subcategory), validation prompts); disjoint, both from the training split."""
+def loop_prompts(config: LoopConfig) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(D's prompts, validation prompts) as (prompt, subcategory); disjoint, both from the training split."""
     pool = training_prompts()
     data: list[tuple[str, str]] = []
-    validation: list[str] = []
+    validation: list[tuple[str, str]] = []
     for category in config.categories:
         subs = [s for s in SUBCATEGORIES if REWARD_CATEGORY[s] == category]
         for i, sub in enumerate(subs):
             ranked = hash_rank(pool[sub], f"loop-val-{config.seed}")
-            validation += ranked[: config.val_prompts_per_subcategory]
+            validation += [(p, sub) for p in ranked[: config.val_prompts_per_subcategory]]
             rest = hash_rank(ranked[config.val_prompts_per_subcategory :], f"loop-data-{config.seed}")
             # Even spread; the remainder goes to the first subcategories; small ones give what they have.
             want = config.prompts_per_category // len(subs) + (i < config.prompts_per_category % len(subs))
             data += [(p, sub) for p in rest[:want]]
     return data, validation
-
-
-def world_pretrain_data(n: int, seed: int) -> list[tuple[str, torch.Tensor]]:
-    """Correct renders of pretraining-split prompts (the base model's own distribution) for the pre-loss."""
-    images, captions = draw_batch(np.random.default_rng(seed), n, training_prompts(), uncond_prob=0.0)
-    return list(zip(captions, images, strict=True))
 
 
 # ------------------------------------------------------------------------------------ the ranked data
@@ -295,39 +284,9 @@ def expert_ranking(config: LoopConfig, data: RankedData, prompt: str, ids: Seque
     return [list(g) for g in aggregate(config.consensus_method, rankings).ordering]
 
 
-def _sample_groups(
-    config: LoopConfig,
-    policy: WorldAdapter,
-    groups: Sequence[tuple[int, str]],
-    per_group: int,
-    iteration: int,
-) -> Iterator[tuple[int, list[list[torch.Tensor]]]]:
-    """Sample ``per_group`` images for each (prompt id, prompt); yields (groups done, each group's images).
-
-    The noise depends on (seed, prompt id, sample index, iteration); iteration -1 is D_0's base samples.
-    """
-    # Prompts are sampled 16 images at a time: batch 1 costs ~2x more per image on CPU.
-    per_chunk = max(1, 16 // per_group)
-    refl = config.refl
-    for start in range(0, len(groups), per_chunk):
-        chunk = groups[start : start + per_chunk]
-        jobs = [(pid, prompt) for pid, prompt in chunk for _ in range(per_group)]
-        seeds = [
-            config.seed * 1_000_003 + pid * 10 + j + 100 * (iteration + 1)
-            for pid, _ in chunk
-            for j in range(per_group)
-        ]
-        images = sample(
-            policy,
-            [prompt for _, prompt in jobs],
-            num_inference_steps=refl.num_inference_steps,
-            guidance_scale=refl.guidance_scale,
-            latents=policy.model.initial_noise(seeds),
-        )
-        yield (
-            start + len(chunk),
-            [list(images[i * per_group : (i + 1) * per_group]) for i in range(len(chunk))],
-        )
+def world_policy(config: LoopConfig, chain: Sequence[str | Path] = ()) -> DiffusionAdapter:
+    """p_k: the world base model with the ReFL checkpoints of iterations 0..k-1 applied in order."""
+    return load_policy("world", config.base_model_path, chain)
 
 
 def rank_gallery(
@@ -339,10 +298,9 @@ def rank_gallery(
     groups = [(prompt, sub, seed) for prompt, sub in prompts for seed in range(config.gallery_seeds)]
     base: list[list[torch.Tensor]] = []
     if config.base_in_gallery:
-        policy = load_policy(config, None)
-        for done, images in _sample_groups(
-            config, policy, [(i, p) for i, (p, _, _) in enumerate(groups)], config.base_samples, -1
-        ):
+        policy = world_policy(config)
+        indexed = [(i, p) for i, (p, _, _) in enumerate(groups)]
+        for done, images in sample_groups(config.round, policy, indexed, config.base_samples, -1):
             base += images
             if progress is not None:
                 progress("gallery/base", done, len(groups), {})
@@ -358,161 +316,118 @@ def rank_gallery(
     return data
 
 
-# ------------------------------------------------------------------------------------ stages
+# ------------------------------------------------------------------------------------ one iteration
 
 
-def reward_model_config(config: LoopConfig, category: str) -> RewardModelConfig:
-    """The small from-scratch BLIP that learns on CPU (init std and GELU head as in bench/reward_world)."""
-    heads = max(1, config.reward_hidden // 32)
-    sizes = dict(
-        hidden_size=config.reward_hidden,
-        intermediate_size=4 * config.reward_hidden,
-        num_hidden_layers=config.reward_layers,
-        num_attention_heads=heads,
-        initializer_range=0.05,
-    )
-    return RewardModelConfig.small(
-        category,  # type: ignore[arg-type]
-        vision=VisionSpec(**sizes, image_size=config.image_size, patch_size=config.reward_patch),
-        text=TextSpec(**sizes),
-        head_activation="gelu",
-        head_init="pytorch",
-        head_dropout=(0.0,) * 4,
-        freeze_fraction=0.0,
-    )
+@dataclasses.dataclass(frozen=True)
+class IterationResult:
+    rewards: dict[str, CheckpointInfo]  # R_k per category
+    finetuned: FinetuneResult  # p_{k+1}
 
 
-def train_rewards(
-    config: LoopConfig, data: RankedData, iteration: int, out: Path, progress: LoopProgress | None = None
-) -> dict[str, CheckpointInfo]:
-    records = data.records()
-    infos = {}
-    for category in config.categories:
-        train_config = RewardTrainConfig(
-            model=reward_model_config(config, category),
-            output_dir=str(out / category),
-            epochs=config.reward_epochs,
-            batch_groups=config.reward_batch_groups,
-            lr=config.reward_lr,
-            # Validation prompts choose the epoch; no test split, every other prompt trains.
-            split_fractions=(0.9, 0.1, 0.0),
-            seed=config.seed + iteration,
-        )
-        infos[category] = train_reward_model(
-            train_config,
-            RewardData(records, data.loader()),
-            _stage(progress, f"iter{iteration}/reward/{category}"),
-        )
-    return infos
-
-
-def load_policy(config: LoopConfig, refl_checkpoint: str | Path | None) -> WorldAdapter:
-    """p_k: the base model, with iteration k-1's ReFL checkpoint (a full UNet) applied when k > 0."""
-    adapter = load_world_adapter(config.base_model_path)
-    if refl_checkpoint is not None:
-        apply_refl_checkpoint(adapter, refl_checkpoint)
-    return adapter
-
-
-def finetune(
-    config: LoopConfig,
+def run_iteration(
+    round_config: RoundConfig,
+    *,
     iteration: int,
-    rewards: Mapping[str, CheckpointInfo],
-    prompts: Sequence[str],
-    validation: Sequence[str],
-    previous: str | Path | None,
-    out: Path,
+    records: Sequence[PairRecord],
+    image_loader: ImageLoader,
+    categories: Sequence[str],
+    base_path: str,
+    chain: Sequence[str | Path],
+    train_prompts: Mapping[str, Sequence[str]],
+    validation_prompts: Mapping[str, Sequence[str]],
+    output_dir: Path,
     progress: LoopProgress | None = None,
-) -> tuple[CheckpointInfo, list[dict[str, float]]]:
-    """p_k → p_{k+1}; also returns the per-step curve (train reward; val reward and oracle at guard steps)."""
-    refl = dataclasses.replace(config.refl, seed=config.refl.seed + iteration)
-    curve: list[dict[str, float]] = []
-    forward = _stage(progress, f"iter{iteration}/refl")
+) -> IterationResult:
+    """Reward models R_k on D_k, then p_k → p_{k+1} by ReFL: the stages the app runs as two Celery tasks.
 
-    def record(step: int, total: int, metrics: Mapping[str, float]) -> bool | None:
-        keep = {k: float(v) for k, v in metrics.items() if k == "reward" or k.startswith("val/")}
-        curve.append({"step": step, **keep})
-        return forward(step, total, metrics) if forward is not None else None
-
-    stage = ReFLStageConfig(
-        refl=refl,
-        output_dir=str(out),
+    The world's oracle is the guard's held-out evaluator (it scores validation prompts to choose the
+    checkpoint; it is never optimised).
+    """
+    rewards = {
+        category: train_reward(
+            round_config,
+            category,
+            records,
+            image_loader,
+            output_dir / "reward" / category,
+            iteration,
+            progress=_stage(progress, f"iter{iteration}/reward/{category}"),
+        )
+        for category in categories
+    }
+    prompts, validation = refl_prompts(round_config, train_prompts, validation_prompts)
+    finetuned = finetune(
+        round_config,
         family="world",
-        base_model_path=config.base_model_path,
-        rewards=tuple(RewardSource(c, str(info.path), 1.0) for c, info in rewards.items()),
+        base_path=base_path,
+        chain=chain,
+        rewards={c: info.path for c, info in rewards.items()},
+        prompts=prompts,
+        validation_prompts=validation,
+        output_dir=output_dir / "refl",
+        iteration=iteration,
+        pretrain=pretrain_data(round_config, "world", iteration),
+        heldout=oracle_evaluator,
+        progress=_stage(progress, f"iter{iteration}/refl"),
     )
-    pretrain = (
-        world_pretrain_data(config.pretrain_images, config.seed + iteration)
-        if refl.pretrain_loss_weight
-        else None
-    )
-    info = finetune_refl(
-        stage,
-        ReFLStageData(
-            prompts=list(prompts),
-            validation_prompts=list(validation),
-            pretrain_data=pretrain,
-            adapter=load_policy(config, previous),
-            heldout=oracle_evaluator if refl.guard.enabled else None,
-        ),
-        record,
-    )
-    return info, curve
+    return IterationResult(rewards, finetuned)
 
 
 @torch.no_grad()
 def expand(
     config: LoopConfig,
     data: RankedData,
-    policy: WorldAdapter,
+    policy: DiffusionAdapter,
     rewards: Mapping[str, CheckpointInfo],
     iteration: int,
     progress: LoopProgress | None = None,
 ) -> dict[str, float]:
-    """Sample p_{k+1} for D_k's prompts and insert each sample by its category's reward score."""
+    """Sample p_{k+1} for D_k's prompts, insert each sample by its category's reward score, and let the
+    panel re-rank the round's push-back share of the expanded groups."""
     models = {c: load_reward_model(info.path).eval() for c, info in rewards.items()}
-    entries = [p for p in data.prompts if p.category in models]
-    if config.sample_prompts is not None:
-        chosen = set(
-            hash_rank([str(p.prompt_id) for p in entries], f"sample-{iteration}")[: config.sample_prompts]
-        )
-        entries = [p for p in entries if str(p.prompt_id) in chosen]
-    inserted, above_human, expert_above_human = 0, 0, 0
-    by_id = {e.prompt_id: e for e in entries}
-    groups = [(e.prompt_id, e.prompt) for e in entries]
-    for done, sampled in _sample_groups(config, policy, groups, config.samples_per_prompt, iteration):
+    by_category: dict[str, list[int]] = {}
+    for entry in data.prompts:
+        if entry.category in models:
+            by_category.setdefault(entry.category, []).append(entry.prompt_id)
+    chosen = expansion_prompts(config.round, by_category, iteration)
+    pushed = push_back_prompts(config.round, chosen, iteration)
+    by_id = {e.prompt_id: e for e in data.prompts}
+    groups = [(pid, by_id[pid].prompt) for pid in chosen]
+    per_prompt = config.round.push_back.samples_per_prompt
+    inserted, above_human, expert_above_human, pushed_samples = 0, 0, 0, 0
+    for done, sampled in sample_groups(config.round, policy, groups, per_prompt, iteration):
         for (prompt_id, _), images in zip(groups[done - len(sampled) : done], sampled, strict=True):
             entry = by_id[prompt_id]
             new_ids = [data.add_image(image, "model", iteration + 1) for image in images]
             ranked = [i for group in entry.ordering for i in group]
             # Score what is stored (8-bit PNG): insertion sees the pixels the next reward model trains on.
-            scores = models[entry.category].score(
-                [entry.prompt] * (len(ranked) + len(new_ids)), data.load(ranked + new_ids)
-            )
-            values = dict(zip(ranked + new_ids, scores.tolist(), strict=True))
-            entry.ordering = insert_by_score(
-                entry.ordering, {i: values[i] for i in ranked}, {i: values[i] for i in new_ids}
+            scores = reward_scores(models[entry.category].score, entry.prompt, data.load(ranked + new_ids))
+            entry.ordering = insert_samples(
+                entry.ordering, dict(zip(ranked + new_ids, scores, strict=True)), new_ids
             )
             inserted += len(new_ids)
             above_human += _above_some(entry.ordering, entry.human, new_ids)
-            if config.expert_pushback:
+            if prompt_id in pushed:
                 # Shown in id order: the experts' answer does not depend on the provisional ranking.
                 flat = sorted(i for group in entry.ordering for i in group)
                 experts = expert_ranking(config, data, entry.prompt, flat)
                 expert_above_human += _above_some(experts, entry.human, new_ids)
+                pushed_samples += len(new_ids)
                 entry.ordering = experts
                 entry.human = tuple(flat)
         if progress is not None:
-            progress(f"iter{iteration}/expand", done, len(entries), {"inserted": float(inserted)})
+            progress(f"iter{iteration}/expand", done, len(groups), {"inserted": float(inserted)})
     metrics = {
         "inserted": float(inserted),
-        "sampled_prompts": float(len(entries)),
+        "sampled_prompts": float(len(groups)),
+        "pushed_prompts": float(len(pushed)),
         # Share of new samples placed above at least one human-ranked image (0: the rewards put them last).
         "above_some_human": above_human / inserted if inserted else 0.0,
     }
-    if config.expert_pushback:
+    if pushed:
         # The same share in the experts' ranking (what the provisional insertion should have predicted).
-        metrics["expert_above_some_human"] = expert_above_human / inserted if inserted else 0.0
+        metrics["expert_above_some_human"] = expert_above_human / pushed_samples if pushed_samples else 0.0
     return metrics
 
 
@@ -539,12 +454,13 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(config_to_dict(config), indent=1))
     prompts, validation = loop_prompts(config)
+    validation_pool: dict[str, list[str]] = {}
+    for prompt, sub in validation:
+        validation_pool.setdefault(REWARD_CATEGORY[sub], []).append(prompt)
     t0 = time.perf_counter()
     data = rank_gallery(config, prompts, root, progress)
     gallery_seconds = time.perf_counter() - t0
-    train_prompts = sorted({p.prompt for p in data.prompts})
-    previous: Path | None = None
-    refl_checkpoints: list[Path] = []
+    chain: list[Path] = []
     reward_checkpoints: list[dict[str, Path]] = []
     all_metrics: list[dict[str, Any]] = []
     for k in range(config.iterations):
@@ -552,15 +468,27 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
         it_dir.mkdir(exist_ok=True)
         before = data.counts()
         data.save(it_dir / "pairs.jsonl")
+        train_pool: dict[str, list[str]] = {}
+        for entry in data.prompts:
+            train_pool.setdefault(entry.category, []).append(entry.prompt)
         t = {"start": time.perf_counter()}
-        rewards = train_rewards(config, data, k, it_dir / "reward", progress)
-        t["rewards"] = time.perf_counter()
-        info, curve = finetune(
-            config, k, rewards, train_prompts, validation, previous, it_dir / "refl", progress
+        result = run_iteration(
+            config.round,
+            iteration=k,
+            records=data.records(),
+            image_loader=data.loader(),
+            categories=config.categories,
+            base_path=config.base_model_path,
+            chain=chain,
+            train_prompts=train_pool,
+            validation_prompts=validation_pool,
+            output_dir=it_dir,
+            progress=progress,
         )
-        t["refl"] = time.perf_counter()
-        policy = load_policy(config, info.path)
-        expansion = expand(config, data, policy, rewards, k, progress)
+        t["train"] = time.perf_counter()
+        info = result.finetuned.checkpoint
+        chain.append(Path(info.path))
+        expansion = expand(config, data, world_policy(config, chain), result.rewards, k, progress)
         t["expand"] = time.perf_counter()
         metrics = {
             "iteration": k,
@@ -570,41 +498,38 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
                 c: {
                     key: i.metrics.get(key) for key in ("val_accuracy", "best_step", "steps", "train_prompts")
                 }
-                for c, i in rewards.items()
+                for c, i in result.rewards.items()
             },
             "refl": {
                 **{key: v for key, v in info.metrics.items() if key != "last"},
                 "checkpoint": str(info.path),
             },
-            "refl_curve": curve,
+            "refl_curve": result.finetuned.curve,
             "expansion": expansion,
             "seconds": {
                 "gallery": round(gallery_seconds, 1) if k == 0 else 0.0,
-                "rewards": round(t["rewards"] - t["start"], 1),
-                "refl": round(t["refl"] - t["rewards"], 1),
-                "expand": round(t["expand"] - t["refl"], 1),
+                "rewards_and_refl": round(t["train"] - t["start"], 1),
+                "expand": round(t["expand"] - t["train"], 1),
             },
         }
         (it_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
         all_metrics.append(metrics)
-        previous = info.path
-        refl_checkpoints.append(Path(info.path))
-        reward_checkpoints.append({c: Path(i.path) for c, i in rewards.items()})
+        reward_checkpoints.append({c: Path(i.path) for c, i in result.rewards.items()})
     final = root / f"iter_{config.iterations}"
     final.mkdir(exist_ok=True)
     data.save(final / "pairs.jsonl")
     (root / "summary.json").write_text(
         json.dumps(
             {
-                "refl_checkpoints": [str(p) for p in refl_checkpoints],
+                "refl_checkpoints": [str(p) for p in chain],
                 "reward_checkpoints": [{c: str(p) for c, p in r.items()} for r in reward_checkpoints],
                 "datasets": [m["dataset_before"] for m in all_metrics] + [data.counts()],
-                "validation_prompts": validation,
+                "validation_prompts": [p for p, _ in validation],
             },
             indent=1,
         )
     )
-    return LoopResult(root, refl_checkpoints, reward_checkpoints, all_metrics)
+    return LoopResult(root, list(chain), reward_checkpoints, all_metrics)
 
 
 def _stage(
@@ -631,6 +556,34 @@ def print_progress(stage: str, step: int, total: int, metrics: Mapping[str, floa
         )
 
 
+# flag → (section of the round configuration or None for the loop's own, field)
+ROUND_FLAGS: dict[str, tuple[str | None, str]] = {
+    "iterations": (None, "iterations"),
+    "base_model_path": (None, "base_model_path"),
+    "prompts_per_category": (None, "prompts_per_category"),
+    "gallery_seeds": (None, "gallery_seeds"),
+    "val_prompts_per_subcategory": (None, "val_prompts_per_subcategory"),
+    "base_in_gallery": (None, "base_in_gallery"),
+    "base_samples": (None, "base_samples"),
+    "seed": ("", "seed"),
+    "reward_hidden": ("reward", "hidden_size"),
+    "reward_layers": ("reward", "layers"),
+    "reward_epochs": ("reward", "epochs"),
+    "refl_steps": ("feedback", "steps"),
+    "refl_lr": ("feedback", "learning_rate"),
+    "sampling_steps": ("feedback", "sampling_steps"),
+    "guidance_scale": ("feedback", "guidance_scale"),
+    "reward_scale": ("feedback", "reward_scale"),
+    "guard_every": ("feedback", "guard_every"),
+    "pretrain_images": ("feedback", "pretrain_images"),
+    "pretrain_loss_weight": ("feedback", "pretrain_loss_weight"),
+    "lora": ("feedback", "lora"),
+    "samples_per_prompt": ("push_back", "samples_per_prompt"),
+    "sample_prompts_per_category": ("push_back", "prompts_per_category"),
+    "push_back_share": ("push_back", "share_of_prompts"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.ml.loop", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (images, pairs, checkpoints, metrics)")
@@ -646,19 +599,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refl-steps", type=int, help="ReFL max steps per iteration")
     parser.add_argument("--refl-lr", type=float)
     parser.add_argument("--sampling-steps", type=int, help="DDIM steps T (ReFL, guard and expansion)")
+    parser.add_argument("--guidance-scale", type=float)
+    parser.add_argument("--reward-scale", type=float)
     parser.add_argument("--guard-every", type=int)
     parser.add_argument("--pretrain-images", type=int)
+    parser.add_argument("--pretrain-loss-weight", type=float)
+    parser.add_argument("--lora", action="store_true", default=None, help="LoRA instead of full fine-tuning")
     parser.add_argument("--samples-per-prompt", type=int)
-    parser.add_argument("--sample-prompts", type=int)
+    parser.add_argument("--sample-prompts-per-category", type=int, help="expanded prompts per category")
     parser.add_argument(
         "--base-in-gallery", action="store_true", default=None, help="D_0 also ranks p_0's own samples"
     )
     parser.add_argument("--base-samples", type=int, help="p_0 samples per D_0 group (--base-in-gallery)")
     parser.add_argument(
-        "--expert-pushback",
-        action="store_true",
-        default=None,
-        help="the panel re-ranks each expanded group after the provisional reward-score insertion",
+        "--push-back-share",
+        type=float,
+        help="share of expanded groups the panel re-ranks after the provisional reward-score insertion",
     )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared box)")
@@ -668,38 +624,24 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> LoopConfig:
     data: dict[str, Any] = json.loads(Path(args.config).read_text()) if args.config else {}
     data["output_dir"] = args.out
-    for name in (
-        "iterations",
-        "base_model_path",
-        "prompts_per_category",
-        "gallery_seeds",
-        "val_prompts_per_subcategory",
-        "reward_hidden",
-        "reward_layers",
-        "reward_epochs",
-        "pretrain_images",
-        "samples_per_prompt",
-        "sample_prompts",
-        "base_in_gallery",
-        "base_samples",
-        "expert_pushback",
-        "seed",
-    ):
-        if getattr(args, name) is not None:
-            data[name] = getattr(args, name)
-    config = config_from_dict(LoopConfig, data)
-    refl = config.refl
-    changes: dict[str, Any] = {}
-    if args.refl_steps is not None:
-        changes["max_steps"] = args.refl_steps
-    if args.refl_lr is not None:
-        changes["learning_rate"] = args.refl_lr
+    round_data = data.setdefault("round", config_to_dict(loop_round_config()))
+    for flag, (section, name) in ROUND_FLAGS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        if section is None:
+            data[name] = value
+        elif section == "":
+            round_data[name] = value
+        else:
+            round_data.setdefault(section, {})[name] = value
+    fb = round_data.get("feedback", {})
     if args.sampling_steps is not None:
-        changes["num_inference_steps"] = args.sampling_steps
-        changes["late_steps"] = min(refl.late_steps, args.sampling_steps)
-    if args.guard_every is not None:
-        changes["guard"] = dataclasses.replace(refl.guard, every=args.guard_every)
-    return dataclasses.replace(config, refl=dataclasses.replace(refl, **changes)) if changes else config
+        fb["late_steps"] = min(fb.get("late_steps", args.sampling_steps), args.sampling_steps)
+    return dataclasses.replace(
+        config_from_dict(LoopConfig, {k: v for k, v in data.items() if k != "round"}),
+        round=RoundConfig.from_dict(round_data),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -727,22 +669,19 @@ if __name__ == "__main__":
 
 
 __all__ = [
+    "IterationResult",
     "LoopConfig",
     "LoopResult",
     "RankedData",
     "RankedPrompt",
-    "conservative_refl",
     "expand",
     "expert_ranking",
-    "finetune",
-    "hash_rank",
-    "load_policy",
     "loop_prompts",
+    "loop_round_config",
     "main",
     "print_progress",
     "rank_gallery",
-    "reward_model_config",
+    "run_iteration",
     "run_loop",
-    "train_rewards",
-    "world_pretrain_data",
+    "world_policy",
 ]

@@ -45,7 +45,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if args.heldout == "oracle" or args.pretrain_renders:
         if config.family != "world":
             raise SystemExit("--heldout oracle and --pretrain-renders exist for the synthetic world only")
-        from training.ml.loop import world_pretrain_data
+        from training.ml.algorithm1.steps import world_pretrain_data
         from training.ml.refl.world_adapter import oracle_evaluator
 
         heldout = oracle_evaluator if args.heldout == "oracle" else None

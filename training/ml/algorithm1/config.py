@@ -1,14 +1,21 @@
-"""A training round's hyperparameters (Django-free), with IterComp's defaults.
+"""The one configuration of an Algorithm 1 round (Django-free, torch-free: the web form builds it).
 
-Validated on construction; stored as JSON on the round and inside every checkpoint it writes.
+The app's round form fills it, ``python -m training.ml.loop`` and ``bench/refl_loop.py`` build it from
+flags, and :mod:`training.ml.algorithm1.steps` turns it into the reward-training and ReFL configs in one
+place. Validated on construction; stored as JSON on the round and inside every checkpoint it produces.
+Every field is read by a step.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 SYNTHETIC_BASE = "synthetic-world"
+
+# Settings that earlier versions stored and no step ever read; dropped when an old round is loaded.
+RETIRED_SETTINGS: dict[str, frozenset[str]] = {"reward": frozenset({"include_x0_predictions"})}
 
 
 @dataclass(frozen=True)
@@ -16,15 +23,31 @@ class RewardStageConfig:
     epochs: int = 2
     learning_rate: float = 1e-5
     batch_prompts: int = 8
+    # Share of a pretrained BLIP's layers kept frozen (IterComp: 70 %); a from-scratch backbone trains whole.
     freeze_fraction: float = 0.7
-    # Train on mid-trajectory x0 predictions as well as final samples (the images ReFL scores).
-    include_x0_predictions: bool = True
+    # The from-scratch BLIP used when the worker names no pretrained folder (the synthetic world, CPU tests):
+    # 32-wide attention heads, images resized to image_size and cut into patch_size patches.
+    hidden_size: int = 128
+    layers: int = 4
+    image_size: int = 32
+    patch_size: int = 8
+    # Share of the pair data's prompts (those without a pinned split) that choose the best epoch.
+    validation_share: float = 0.1
 
     def __post_init__(self) -> None:
         _check(1 <= self.epochs <= 100, "reward epochs must be between 1 and 100")
         _check(0 < self.learning_rate < 1, "reward learning rate must be in (0, 1)")
         _check(1 <= self.batch_prompts <= 1024, "reward batch must be between 1 and 1024 prompts")
         _check(0 <= self.freeze_fraction < 1, "freeze fraction must be in [0, 1)")
+        _check(
+            32 <= self.hidden_size <= 4096 and self.hidden_size % 32 == 0, "reward hidden size: 32..4096, x32"
+        )
+        _check(1 <= self.layers <= 48, "reward layers must be between 1 and 48")
+        _check(8 <= self.image_size <= 1024, "reward image size must be between 8 and 1024")
+        _check(
+            self.image_size % self.patch_size == 0, "reward image size must be a multiple of the patch size"
+        )
+        _check(0 < self.validation_share < 1, "reward validation share must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -36,10 +59,20 @@ class FeedbackStageConfig:
     late_steps: int = 10
     guidance_scale: float = 3.0
     reward_scale: float = 1e-3
+    batch_size: int = 2
+    weight_decay: float = 0.0
     lora: bool = True
     lora_rank: int = 4
+    # Denoising loss on correct (world) or expert-preferred (gallery) images, mixed into every step.
     pretrain_loss_weight: float = 1.0
+    pretrain_images: int = 256
+    # Hacking guard: held-out evaluation every `guard_every` steps, stop after `guard_patience` divergences.
     guard_every: int = 10
+    guard_patience: int = 3
+    # Training prompts per category (deterministic choice among the train split); validation prompts
+    # per category for the guard.
+    prompts_per_category: int = 64
+    validation_prompts_per_category: int = 16
 
     def __post_init__(self) -> None:
         _check(1 <= self.steps <= 100_000, "feedback steps must be between 1 and 100000")
@@ -50,9 +83,18 @@ class FeedbackStageConfig:
         )
         _check(self.guidance_scale >= 1, "guidance scale must be at least 1")
         _check(self.reward_scale > 0, "reward scale must be positive")
+        _check(1 <= self.batch_size <= 256, "feedback batch must be between 1 and 256")
+        _check(self.weight_decay >= 0, "weight decay cannot be negative")
         _check(1 <= self.lora_rank <= 256, "LoRA rank must be between 1 and 256")
         _check(self.pretrain_loss_weight >= 0, "pretraining loss weight cannot be negative")
+        _check(
+            self.pretrain_loss_weight == 0 or self.pretrain_images >= 1,
+            "a pretraining loss needs pretraining images",
+        )
         _check(self.guard_every >= 1, "guard interval must be at least 1 step")
+        _check(self.guard_patience >= 1, "guard patience must be at least 1")
+        _check(1 <= self.prompts_per_category <= 100_000, "feedback prompts per category must be positive")
+        _check(1 <= self.validation_prompts_per_category <= 100_000, "validation prompts must be positive")
 
 
 @dataclass(frozen=True)
@@ -61,6 +103,7 @@ class PushBackConfig:
     # Share of prompts whose new samples go to the experts as a new ranking task.
     share_of_prompts: float = 0.25
     max_images_per_task: int = 8
+    # Prompts per category sampled by the fine-tuned model and inserted into their rankings.
     prompts_per_category: int = 64
 
     def __post_init__(self) -> None:
@@ -85,20 +128,24 @@ class RoundConfig:
         _check(bool(self.base_model), "name a base model: a local diffusers folder or the synthetic world")
         _check(0 <= self.seed < 2**31, "seed must be a non-negative 31-bit integer")
 
-    def to_dict(self) -> dict:
+    @property
+    def is_synthetic(self) -> bool:
+        return self.base_model == SYNTHETIC_BASE
+
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> RoundConfig:
+    def from_dict(cls, data: dict[str, Any]) -> RoundConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         _check(not unknown, f"unknown round settings: {', '.join(unknown)}")
         return cls(
             base_model=data.get("base_model", SYNTHETIC_BASE),
             seed=data.get("seed", 0),
-            reward=_sub(RewardStageConfig, data.get("reward", {})),
-            feedback=_sub(FeedbackStageConfig, data.get("feedback", {})),
-            push_back=_sub(PushBackConfig, data.get("push_back", {})),
+            reward=_sub(RewardStageConfig, data.get("reward", {}), "reward"),
+            feedback=_sub(FeedbackStageConfig, data.get("feedback", {}), "feedback"),
+            push_back=_sub(PushBackConfig, data.get("push_back", {}), "push_back"),
         )
 
 
@@ -111,7 +158,8 @@ def _check(condition: bool, message: str) -> None:
         raise RoundConfigError(message)
 
 
-def _sub(cls, data: dict):
+def _sub(cls, data: dict[str, Any], section: str):
+    data = {k: v for k, v in data.items() if k not in RETIRED_SETTINGS.get(section, frozenset())}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     _check(not unknown, f"unknown {cls.__name__} settings: {', '.join(unknown)}")

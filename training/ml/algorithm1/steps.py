@@ -1,0 +1,390 @@
+"""Algorithm 1's steps: what the app's Celery stages and ``training.ml.loop.run_loop`` both call.
+
+Each step takes plain inputs (the round configuration, pair records, paths, prompts) and returns plain
+outputs (checkpoint infos, images, orderings). Where the inputs come from — PostgreSQL and object storage
+for the app, a folder of PNGs and the simulated expert panel for the loop — is the caller's business;
+what is trained and how is decided here, once:
+
+- ``reward_train_config`` / ``refl_config``: the round configuration → the ML cores' configs;
+- ``train_reward``: one category's reward model on D_k's pairs;
+- ``finetune``: p_k → p_{k+1} by multi-reward ReFL (pretraining loss, hacking guard);
+- ``load_policy``: p_k = the base model with every earlier iteration's checkpoint applied in order
+  (LoRA adapters merged into the UNet after each, so LoRA and full fine-tuning chain the same way);
+- ``sample_groups``: new samples of p_{k+1} on noise fixed by (seed, prompt id, sample index, iteration);
+- ``reward_scores`` / ``insert_samples``: the provisional placement of new samples by reward score;
+- ``choose_prompts`` / ``push_back_prompts``: deterministic prompt choices (hash order, not list order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from annotation.pairs import insert_by_score
+from training.ml.algorithm1.config import RoundConfig
+from training.ml.common import CheckpointInfo, ProgressCallback
+from training.ml.refl.adapters import DiffusionAdapter
+from training.ml.refl.config import GuardConfig, LoRASettings, ReFLConfig
+from training.ml.refl.sampler import initial_noise, sample
+from training.ml.refl.stage import (
+    ADAPTER_LOADERS,
+    ReFLStageConfig,
+    ReFLStageData,
+    RewardSource,
+    apply_refl_checkpoint,
+    finetune_refl,
+)
+from training.ml.refl.trainer import PretrainData, RewardFn
+from training.ml.reward.config import RewardModelConfig, RewardTrainConfig, TextSpec, VisionSpec
+from training.ml.reward.data import ImageLoader, PairRecord
+from training.ml.reward.train import RewardData, train_reward_model
+
+# ------------------------------------------------------------------------------------ configs
+
+
+def base_model_location(config: RoundConfig, world_base_path: str) -> tuple[str, str]:
+    """(family, local folder) of the round's base model: the synthetic world or a diffusers folder."""
+    if config.is_synthetic:
+        return "world", world_base_path
+    path = Path(config.base_model)
+    model_index = path / "model_index.json"
+    if not model_index.is_file():
+        raise ValueError(f"{path} is not a local diffusers folder (no model_index.json)")
+    pipeline = json.loads(model_index.read_text()).get("_class_name", "")
+    return ("sdxl" if "XL" in pipeline else "sd15"), str(path)
+
+
+def reward_model_config(
+    config: RoundConfig, category: str, pretrained_path: str | None = None
+) -> RewardModelConfig:
+    """A pretrained BLIP folder when the worker names one; else the from-scratch BLIP of the config."""
+    reward = config.reward
+    if pretrained_path:
+        return RewardModelConfig(
+            category=category,  # type: ignore[arg-type]
+            pretrained_path=pretrained_path,
+            freeze_fraction=reward.freeze_fraction,
+        )
+    # Init std and GELU head as in bench/reward_world.py: what lets a from-scratch BLIP learn on CPU.
+    sizes = dict(
+        hidden_size=reward.hidden_size,
+        intermediate_size=4 * reward.hidden_size,
+        num_hidden_layers=reward.layers,
+        num_attention_heads=reward.hidden_size // 32,
+        initializer_range=0.05,
+    )
+    return RewardModelConfig.small(
+        category,  # type: ignore[arg-type]
+        vision=VisionSpec(**sizes, image_size=reward.image_size, patch_size=reward.patch_size),
+        text=TextSpec(**sizes),
+        head_activation="gelu",
+        head_init="pytorch",
+        head_dropout=(0.0,) * 4,
+        freeze_fraction=0.0,
+    )
+
+
+def reward_train_config(
+    config: RoundConfig,
+    category: str,
+    output_dir: str | Path,
+    iteration: int,
+    pretrained_path: str | None = None,
+) -> RewardTrainConfig:
+    reward = config.reward
+    return RewardTrainConfig(
+        model=reward_model_config(config, category, pretrained_path),
+        output_dir=str(output_dir),
+        epochs=reward.epochs,
+        lr=reward.learning_rate,
+        batch_groups=reward.batch_prompts,
+        # Prompts with a pinned split keep it; the rest: validation chooses the epoch, no test split.
+        split_fractions=(1.0 - reward.validation_share, reward.validation_share, 0.0),
+        cpu=not torch.cuda.is_available(),
+        seed=config.seed + iteration,
+    )
+
+
+def refl_config(config: RoundConfig, iteration: int, guard: bool) -> ReFLConfig:
+    """ReFL for p_k → p_{k+1}; ``guard`` says whether a held-out evaluator is available."""
+    fb = config.feedback
+    return ReFLConfig(
+        num_inference_steps=fb.sampling_steps,
+        late_steps=fb.late_steps,
+        guidance_scale=fb.guidance_scale,
+        batch_size=fb.batch_size,
+        max_steps=fb.steps,
+        learning_rate=fb.learning_rate,
+        weight_decay=fb.weight_decay,
+        reward_scale=fb.reward_scale,
+        pretrain_loss_weight=fb.pretrain_loss_weight,
+        train_mode="lora" if fb.lora else "full",
+        lora=LoRASettings(rank=fb.lora_rank),
+        seed=config.seed + iteration,
+        guard=GuardConfig(
+            every=fb.guard_every if guard else 0, patience=fb.guard_patience, restore_best_at_end=True
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------------ prompts
+
+
+def hash_rank(items: Sequence[str], salt: str) -> list[str]:
+    # Order-independent deterministic choice: the sets never depend on how the caller listed the items.
+    return sorted(items, key=lambda p: hashlib.sha256(f"{salt}:{p}".encode()).hexdigest())
+
+
+def choose_prompts(by_category: Mapping[str, Sequence[str]], per_category: int, salt: str) -> list[str]:
+    """Up to ``per_category`` prompts of each category (categories in sorted order), hash-chosen."""
+    chosen: list[str] = []
+    for category in sorted(by_category):
+        chosen += hash_rank(sorted(set(by_category[category])), salt)[:per_category]
+    return chosen
+
+
+def refl_prompts(
+    config: RoundConfig, train: Mapping[str, Sequence[str]], validation: Mapping[str, Sequence[str]]
+) -> tuple[list[str], list[str]]:
+    """(training prompts, guard validation prompts) for ReFL from per-category candidate pools."""
+    fb = config.feedback
+    prompts = choose_prompts(train, fb.prompts_per_category, f"refl-{config.seed}")
+    held = choose_prompts(validation, fb.validation_prompts_per_category, f"refl-val-{config.seed}")
+    return prompts, held
+
+
+def expansion_prompts(
+    config: RoundConfig, by_category: Mapping[str, Sequence[int]], iteration: int
+) -> list[int]:
+    """Prompt ids whose rankings p_{k+1}'s samples join (up to push_back.prompts_per_category each)."""
+    chosen: list[int] = []
+    for category in sorted(by_category):
+        ids = [str(i) for i in sorted(set(by_category[category]))]
+        ranked = hash_rank(ids, f"sample-{config.seed}-{iteration}")
+        chosen += [int(i) for i in ranked[: config.push_back.prompts_per_category]]
+    return sorted(chosen)
+
+
+def push_back_prompts(config: RoundConfig, prompt_ids: Sequence[int], iteration: int) -> set[int]:
+    """The share of expanded prompts whose groups go back to the experts for a ranking."""
+    ids = [str(i) for i in sorted(set(prompt_ids))]
+    count = round(config.push_back.share_of_prompts * len(ids))
+    return {int(i) for i in hash_rank(ids, f"pushback-{config.seed}-{iteration}")[:count]}
+
+
+# ------------------------------------------------------------------------------------ policies
+
+
+def load_policy(family: str, base_path: str, chain: Sequence[str | Path] = ()) -> DiffusionAdapter:
+    """p_k: the base model with the ReFL checkpoints of iterations 0..k-1 applied in order."""
+    if family not in ADAPTER_LOADERS:
+        raise ValueError(f"unknown model family {family!r}; known: {sorted(ADAPTER_LOADERS)}")
+    adapter = ADAPTER_LOADERS[family](base_path)
+    for checkpoint in chain:
+        apply_refl_checkpoint(adapter, checkpoint)
+        merge_lora(adapter)
+    return adapter
+
+
+def merge_lora(adapter: DiffusionAdapter) -> None:
+    """Fold LoRA weights into the UNet so the next iteration trains a fresh adapter on top."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    unet = adapter.unet
+    if not any(isinstance(m, BaseTunerLayer) for m in unet.modules()):
+        return
+    # fuse_lora folds W + scale·BA into the base weights; unload_lora then swaps every LoRA-wrapped module
+    # back for its (now fused) base layer and forgets the adapter config, leaving a plain UNet.
+    unet.fuse_lora()
+    unet.unload_lora()
+
+
+# ------------------------------------------------------------------------------------ steps
+
+
+def train_reward(
+    config: RoundConfig,
+    category: str,
+    records: Sequence[PairRecord],
+    image_loader: ImageLoader,
+    output_dir: str | Path,
+    iteration: int,
+    pretrained_path: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> CheckpointInfo:
+    """R_k for one category, trained on D_k's pairs of that category."""
+    return train_reward_model(
+        reward_train_config(config, category, output_dir, iteration, pretrained_path),
+        RewardData(records=list(records), image_loader=image_loader),
+        progress,
+    )
+
+
+def world_pretrain_data(n: int, seed: int) -> list[tuple[str, torch.Tensor]]:
+    """Correct renders of the world's pretraining-split prompts (its base model's own distribution)."""
+    from training.ml.world.pretrain import draw_batch, training_prompts
+
+    images, captions = draw_batch(np.random.default_rng(seed), n, training_prompts(), uncond_prob=0.0)
+    return list(zip(captions, images, strict=True))
+
+
+def pretrain_data(
+    config: RoundConfig,
+    family: str,
+    iteration: int,
+    preferred: Callable[[int], PretrainData] | None = None,
+) -> PretrainData | None:
+    """The pretraining loss's (prompt, image) pairs: world renders, or the experts' preferred images.
+
+    ``preferred(n)`` returns up to n (prompt, image) pairs the experts ranked first (the app reads them
+    from PostgreSQL); a diffusers base has no other source of correct images here.
+    """
+    fb = config.feedback
+    if fb.pretrain_loss_weight == 0:
+        return None
+    if family == "world":
+        return world_pretrain_data(fb.pretrain_images, config.seed + iteration)
+    if preferred is None:
+        raise ValueError("a pretraining loss on a diffusers base needs the experts' preferred images")
+    data = preferred(fb.pretrain_images)
+    if not data:
+        raise ValueError("a pretraining loss needs images ranked first by the experts; there are none")
+    return data
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneResult:
+    checkpoint: CheckpointInfo
+    curve: list[dict[str, float]]  # per step: train reward; at guard steps val reward and held-out score
+
+
+def finetune(
+    config: RoundConfig,
+    *,
+    family: str,
+    base_path: str,
+    chain: Sequence[str | Path],
+    rewards: Mapping[str, str | Path],
+    prompts: Sequence[str],
+    validation_prompts: Sequence[str],
+    output_dir: str | Path,
+    iteration: int,
+    pretrain: PretrainData | None = None,
+    heldout: RewardFn | None = None,
+    progress: ProgressCallback | None = None,
+) -> FinetuneResult:
+    """p_k → p_{k+1}: multi-reward ReFL from p_k (base + ``chain``) on the reward checkpoints given."""
+    if not rewards:
+        raise ValueError("no reward models to fine-tune on")
+    curve: list[dict[str, float]] = []
+
+    def record(step: int, total: int, metrics: Mapping[str, float]) -> bool | None:
+        keep = {k: float(v) for k, v in metrics.items() if k == "reward" or k.startswith("val/")}
+        curve.append({"step": step, **keep})
+        return progress(step, total, metrics) if progress is not None else None
+
+    info = finetune_refl(
+        ReFLStageConfig(
+            refl=refl_config(config, iteration, guard=heldout is not None),
+            output_dir=str(output_dir),
+            family=family,
+            base_model_path=base_path,
+            rewards=tuple(RewardSource(name, str(path), 1.0) for name, path in sorted(rewards.items())),
+        ),
+        ReFLStageData(
+            prompts=list(prompts),
+            validation_prompts=list(validation_prompts) or list(prompts)[:8],
+            pretrain_data=pretrain,
+            adapter=load_policy(family, base_path, chain),
+            heldout=heldout,
+        ),
+        record,
+    )
+    return FinetuneResult(info, curve)
+
+
+def sample_seeds(config: RoundConfig, prompt_id: int, count: int, iteration: int) -> list[int]:
+    """Noise seeds of p_{k+1}'s samples; iteration -1 gives p_0's (the base model's) samples."""
+    return [config.seed * 1_000_003 + prompt_id * 10 + j + 100 * (iteration + 1) for j in range(count)]
+
+
+@torch.no_grad()
+def sample_groups(
+    config: RoundConfig,
+    policy: DiffusionAdapter,
+    groups: Sequence[tuple[int, str]],
+    per_group: int,
+    iteration: int,
+    batch_images: int = 16,
+) -> Iterator[tuple[int, list[list[torch.Tensor]]]]:
+    """Sample ``per_group`` images for each (prompt id, prompt); yields (groups done, their images)."""
+    fb = config.feedback
+    height, width = policy.default_size
+    per_chunk = max(1, batch_images // per_group)  # batch 1 costs ~2x more per image on CPU
+    for start in range(0, len(groups), per_chunk):
+        chunk = groups[start : start + per_chunk]
+        prompts = [prompt for _, prompt in chunk for _ in range(per_group)]
+        seeds = [s for pid, _ in chunk for s in sample_seeds(config, pid, per_group, iteration)]
+        latents = torch.cat(
+            [initial_noise(policy, 1, height, width, torch.Generator().manual_seed(s)) for s in seeds]
+        )
+        images = sample(
+            policy,
+            prompts,
+            num_inference_steps=fb.sampling_steps,
+            guidance_scale=fb.guidance_scale,
+            latents=latents,
+        )
+        yield (
+            start + len(chunk),
+            [list(images[i * per_group : (i + 1) * per_group]) for i in range(len(chunk))],
+        )
+
+
+@torch.no_grad()
+def reward_scores(score: RewardFn, prompt: str, images: torch.Tensor) -> list[float]:
+    return score([prompt] * len(images), images).tolist()
+
+
+def insert_samples(
+    ordering: Sequence[Sequence[int]], scores: Mapping[int, float], new_ids: Sequence[int]
+) -> list[list[int]]:
+    """The provisional ranking: new samples slotted into the human order by reward score."""
+    ranked = [i for group in ordering for i in group]
+    return insert_by_score(ordering, {i: scores[i] for i in ranked}, {i: scores[i] for i in new_ids})
+
+
+def checkpoint_config(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "checkpoint.json").read_text()).get("config", {})
+
+
+__all__ = [
+    "FinetuneResult",
+    "base_model_location",
+    "checkpoint_config",
+    "choose_prompts",
+    "expansion_prompts",
+    "finetune",
+    "hash_rank",
+    "insert_samples",
+    "load_policy",
+    "merge_lora",
+    "pretrain_data",
+    "push_back_prompts",
+    "refl_config",
+    "refl_prompts",
+    "reward_model_config",
+    "reward_scores",
+    "reward_train_config",
+    "sample_groups",
+    "sample_seeds",
+    "train_reward",
+    "world_pretrain_data",
+]
