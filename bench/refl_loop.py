@@ -34,16 +34,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from training.ml.algorithm1.steps import hash_rank  # noqa: E402
 from training.ml.loop import (  # noqa: E402
     LoopConfig,
-    conservative_refl,
-    hash_rank,
-    load_policy,
+    loop_round_config,
     print_progress,
     run_loop,
+    world_policy,
 )
 from training.ml.refl.best_of_n import best_of_n  # noqa: E402
-from training.ml.refl.config import GuardConfig  # noqa: E402
 from training.ml.refl.losses import weighted_reward  # noqa: E402
 from training.ml.refl.sampler import sample  # noqa: E402
 from training.ml.refl.world_adapter import WorldAdapter, oracle_evaluator  # noqa: E402
@@ -218,6 +217,7 @@ def main() -> None:
     parser.add_argument("--eval-seeds", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
     parser.add_argument(
         "--tag", default="", help="suffix of the output files (several variants side by side)"
     )
@@ -234,13 +234,27 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
-    refl = dataclasses.replace(
-        conservative_refl(max_steps=args.refl_steps, seed=args.seed),
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance,
-        learning_rate=args.refl_lr,
-        reward_scale=args.reward_scale,
-        guard=GuardConfig(every=args.guard_every, patience=3, restore_best_at_end=True),
+    base = loop_round_config(args.seed)
+    round_config = dataclasses.replace(
+        base,
+        reward=dataclasses.replace(base.reward, hidden_size=args.reward_hidden, epochs=args.reward_epochs),
+        feedback=dataclasses.replace(
+            base.feedback,
+            steps=args.refl_steps,
+            sampling_steps=args.steps,
+            late_steps=min(base.feedback.late_steps, args.steps),
+            guidance_scale=args.guidance,
+            learning_rate=args.refl_lr,
+            reward_scale=args.reward_scale,
+            guard_every=args.guard_every,
+            lora=args.lora,
+        ),
+        push_back=dataclasses.replace(
+            base.push_back,
+            # The loop's D spans three categories; the flag has always counted prompts over all three.
+            prompts_per_category=max(1, args.sample_prompts // 3),
+            share_of_prompts=1.0 if args.expert_pushback else 0.0,
+        ),
     )
     config = LoopConfig(
         output_dir=str(args.loop_dir),
@@ -248,14 +262,9 @@ def main() -> None:
         prompts_per_category=args.prompts_per_category,
         gallery_seeds=args.gallery_seeds,
         val_prompts_per_subcategory=args.val_per_sub,
-        reward_hidden=args.reward_hidden,
-        reward_epochs=args.reward_epochs,
-        refl=refl,
-        sample_prompts=args.sample_prompts,
         base_in_gallery=args.base_in_gallery,
         base_samples=args.base_samples,
-        expert_pushback=args.expert_pushback,
-        seed=args.seed,
+        round=round_config,
     )
     if args.reuse:
         metrics = [
@@ -293,9 +302,10 @@ def main() -> None:
             flush=True,
         )
 
-    policies = [None] + [m["refl"]["checkpoint"] for m in metrics]
-    for k, checkpoint in enumerate(policies):
-        images = generate(load_policy(config, checkpoint), items, args.steps, args.guidance)
+    checkpoints = [m["refl"]["checkpoint"] for m in metrics]
+    policies = [checkpoints[:k] for k in range(len(checkpoints) + 1)]  # p_k = base + iterations 0..k-1
+    for k, chain in enumerate(policies):
+        images = generate(world_policy(config, chain), items, args.steps, args.guidance)
         if k == 0:
             images_all_p0 = images
         record(f"iteration {k}", images)
@@ -306,10 +316,10 @@ def main() -> None:
             print(f"    R_{k} on p_{k}'s own samples: {own}", flush=True)
     for k in () if args.skip_baselines else (0, len(policies) - 1):
         if k == 0:
-            high = generate(load_policy(config, None), items, args.steps, args.high_guidance)
+            high = generate(world_policy(config), items, args.steps, args.high_guidance)
             record(f"p0, CFG {args.high_guidance:g}", high)
         chosen = best_of_n(
-            load_policy(config, policies[k]),
+            world_policy(config, policies[k]),
             prompts,
             args.best_of,
             last_rewards,

@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.ml.loop import hash_rank  # noqa: E402
+from training.ml.algorithm1.steps import hash_rank  # noqa: E402
 from training.ml.refl.config import GuardConfig, ReFLConfig  # noqa: E402
 from training.ml.refl.sampler import sample  # noqa: E402
 from training.ml.refl.trainer import ReFLTrainer, RewardSpec  # noqa: E402
