@@ -261,6 +261,7 @@ def cmd_test(argv: list[str]) -> int:
             "CELERY_QUEUE_PREFIX": f"test{os.getpid()}-",
             "DATABASE_TEST_NAME": f"test_itercomp_{os.getpid()}",
             "MEDIA_ROOT": str(VAR / "test-media" / str(os.getpid())),
+            "WORKER_CACHE_DIR": str(VAR / "test-cache" / str(os.getpid())),
             "STATIC_ROOT": str(VAR / "test-static"),
         }
         # Tests run with DEBUG off, so templates need the manifest that collectstatic writes.
@@ -269,6 +270,7 @@ def cmd_test(argv: list[str]) -> int:
             result = subprocess.run([sys.executable, "-m", "pytest", *argv], env=env, cwd=ROOT)
         finally:
             shutil.rmtree(env["MEDIA_ROOT"], ignore_errors=True)
+            shutil.rmtree(env["WORKER_CACHE_DIR"], ignore_errors=True)
         return result.returncode
 
 

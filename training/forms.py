@@ -47,7 +47,9 @@ class RoundForm(forms.Form):
         help_text="Weight of the denoising loss on correct (world) or expert-preferred images; 0 turns it off.",
     )
     guard_every = forms.IntegerField(
-        min_value=1, initial=_F.guard_every, help_text="Steps between hacking-guard evaluations."
+        min_value=0,
+        initial=_F.guard_every,
+        help_text="Steps between hacking-guard evaluations on held-out prompts (0: no guard).",
     )
     lora = forms.BooleanField(required=False, initial=_F.lora, label="LoRA (off: full fine-tuning)")
     lora_rank = forms.IntegerField(min_value=1, initial=_F.lora_rank)

@@ -109,6 +109,8 @@ def test_refl_config_carries_the_round_settings_hand_checked():
     assert (refl.train_mode, refl.pretrain_loss_weight, refl.seed) == ("full", 0.25, 9)
     assert (refl.guard.every, refl.guard.patience, refl.guard.restore_best_at_end) == (4, 2, True)
     assert refl_config(config, iteration=0, guard=False).guard.every == 0
+    no_guard = dataclasses.replace(config, feedback=dataclasses.replace(config.feedback, guard_every=0))
+    assert refl_config(no_guard, iteration=0, guard=True).guard.every == 0
 
 
 def test_reward_config_uses_a_named_blip_folder_or_the_rounds_small_backbone(tmp_path):

@@ -66,7 +66,8 @@ class FeedbackStageConfig:
     # Denoising loss on correct (world) or expert-preferred (gallery) images, mixed into every step.
     pretrain_loss_weight: float = 1.0
     pretrain_images: int = 256
-    # Hacking guard: held-out evaluation every `guard_every` steps, stop after `guard_patience` divergences.
+    # Hacking guard: held-out evaluation every `guard_every` steps (0: off), stop after `guard_patience`
+    # divergences. It needs a held-out evaluator (the synthetic world's oracle; none for a diffusers base).
     guard_every: int = 10
     guard_patience: int = 3
     # Training prompts per category (deterministic choice among the train split); validation prompts
@@ -91,7 +92,7 @@ class FeedbackStageConfig:
             self.pretrain_loss_weight == 0 or self.pretrain_images >= 1,
             "a pretraining loss needs pretraining images",
         )
-        _check(self.guard_every >= 1, "guard interval must be at least 1 step")
+        _check(self.guard_every >= 0, "guard interval cannot be negative (0 turns the guard off)")
         _check(self.guard_patience >= 1, "guard patience must be at least 1")
         _check(1 <= self.prompts_per_category <= 100_000, "feedback prompts per category must be positive")
         _check(1 <= self.validation_prompts_per_category <= 100_000, "validation prompts must be positive")
