@@ -49,8 +49,8 @@ def make_png(rng: random.Random, size: int) -> bytes:
 
 
 def write_dataset(folder: Path, n_prompts: int, size: int) -> list[Path]:
-    from annotation.rankformats import ITERCOMP_GALLERY
     from gallery.promptgen import generate_prompts
+    from rankmath.rankformats import ITERCOMP_GALLERY
 
     rng = random.Random(0)
     per_kind = [n_prompts // len(KINDS) + (i < n_prompts % len(KINDS)) for i in range(len(KINDS))]

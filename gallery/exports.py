@@ -15,10 +15,10 @@ from django.contrib.auth.models import AbstractUser
 from django.core.files.storage import default_storage
 
 from annotation.models import Ranking
-from annotation.rankformats import ITERCOMP_GALLERY, ImageRewardRecord, IterCompRecord, validate_ordering
 from gallery.imaging import ALLOWED_FORMATS
 from gallery.models import Image
 from gallery.promptfiles import category_name_of
+from rankmath.rankformats import ITERCOMP_GALLERY, ImageRewardRecord, IterCompRecord, validate_ordering
 
 
 def _copy(image: Image, out_dir: Path, folder: str) -> str:

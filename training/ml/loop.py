@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from annotation.aggregation import aggregate
-from annotation.pairs import insert_by_score, pairs_from_ordering
+from rankmath.aggregation import aggregate
+from rankmath.pairs import insert_by_score, pairs_from_ordering
 from training.ml.common import CheckpointInfo, config_from_dict, config_to_dict, sha256_bytes
 from training.ml.refl.config import GuardConfig, ReFLConfig
 from training.ml.refl.sampler import sample
