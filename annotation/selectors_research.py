@@ -12,13 +12,6 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Avg, Count, Exists, OuterRef, Q, QuerySet
 
-from annotation.agreement import (
-    AnnotatedTask,
-    krippendorff_alpha_by_category,
-    leave_one_out_tau,
-    mean_pairwise_tau,
-    tau_against_reference,
-)
 from annotation.exporters.filters import ExportFilters
 from annotation.models import (
     ConsensusRanking,
@@ -29,9 +22,16 @@ from annotation.models import (
     RankingTask,
     TaskImage,
 )
-from annotation.rankformats import OrderingError, normalize_ordering
 from annotation.roles import is_admin
 from gallery.models import Category, Image
+from rankmath.agreement import (
+    AnnotatedTask,
+    krippendorff_alpha_by_category,
+    leave_one_out_tau,
+    mean_pairwise_tau,
+    tau_against_reference,
+)
+from rankmath.rankformats import OrderingError, normalize_ordering
 
 # --------------------------------------------------------------------------------------------------------
 # Rankings grouped by task

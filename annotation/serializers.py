@@ -9,7 +9,7 @@ from django.urls import reverse
 from rest_framework import serializers
 
 from annotation.models import ConsensusRanking, DatasetSnapshot, ExportJob, PreferencePair
-from training.ml.pair_schema import PAIR_FIELDS
+from rankmath.pair_schema import PAIR_FIELDS
 
 
 class PreferencePairSerializer(serializers.ModelSerializer):

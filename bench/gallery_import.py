@@ -49,8 +49,8 @@ def make_png(rng: random.Random, size: int) -> bytes:
 
 
 def write_dataset(folder: Path, n_prompts: int, size: int) -> list[Path]:
-    from annotation.rankformats import ITERCOMP_GALLERY
     from gallery.promptgen import generate_prompts
+    from rankmath.rankformats import ITERCOMP_GALLERY
 
     rng = random.Random(0)
     per_kind = [n_prompts // len(KINDS) + (i < n_prompts % len(KINDS)) for i in range(len(KINDS))]
@@ -120,9 +120,9 @@ def _storage_bytes(root: Path) -> tuple[int, int]:
 
 def run(args: argparse.Namespace, work: Path) -> int:
     from annotation.models import Ranking, RankingTask
+    from annotation.services.gallery_imports import ranked_gallery_import
     from annotation.services.tasks import ranking_tasks_create_for_complete_galleries
     from gallery.models import Image, Prompt
-    from gallery.services.imports import gallery_import
 
     data = work / "data"
     t0 = time.perf_counter()
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         failed = 0
         with connection.execute_wrapper(count):
             for path in files:
-                report = gallery_import(path=path, format="itercomp", annotator="bench-expert")
+                report = ranked_gallery_import(path=path, format="itercomp", annotator="bench-expert")
                 failed += report.rows_failed
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         print(

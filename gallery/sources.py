@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from annotation.rankformats import (
+from gallery.promptfiles import prompt_from_sample_file_name
+from rankmath.rankformats import (
     ITERCOMP_GALLERY,
     ImageRewardRecord,
     IterCompRecord,
     Ordering,
     OrderingError,
 )
-from gallery.promptfiles import prompt_from_sample_file_name
 
 FORMATS = ("folder", "manifest", "itercomp", "imagereward")
 MANIFEST_COLUMNS = ("prompt", "category", "generator", "image", "seed", "params")

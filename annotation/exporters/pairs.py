@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from training.ml.pair_schema import PAIR_FIELDS  # the trainer reads exactly these keys
+from rankmath.pair_schema import PAIR_FIELDS  # the trainer reads exactly these keys
 
 if TYPE_CHECKING:
     import pyarrow as pa

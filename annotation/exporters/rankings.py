@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from annotation.rankformats import (
+from rankmath.rankformats import (
     ITERCOMP_GALLERY,
     ImageRewardRecord,
     IterCompRecord,

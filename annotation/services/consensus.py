@@ -3,7 +3,7 @@
 The ranking page calls :func:`consensus_schedule` after each submitted ranking; a worker then runs
 :func:`consensus_recompute`, which aggregates the rankings (weighted by each annotator's weight), stores
 Kendall's W, replaces the task's pairs atomically and, when the experts disagree, asks for one more ranking.
-The ranking mathematics lives in the Django-free modules ``aggregation``, ``agreement`` and ``pairs``.
+The ranking mathematics lives in the Django-free package ``rankmath`` (aggregation, agreement, pairs).
 """
 
 from __future__ import annotations
@@ -16,14 +16,6 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import transaction
 
-from annotation.aggregation import (
-    KEMENY_MAX_ITEMS,
-    AggregationResult,
-    _prepare,
-    aggregate,
-    pairwise_support,
-)
-from annotation.agreement import WeightPolicy, kendalls_w, needs_more_rankings, weights_from_agreement
 from annotation.models import (
     AnnotatorProfile,
     ConsensusRanking,
@@ -34,8 +26,16 @@ from annotation.models import (
     TaskImage,
     TaskStatus,
 )
-from annotation.pairs import Pair, pairs_from_ordering
-from annotation.rankformats import Ordering, normalize_ordering
+from rankmath.aggregation import (
+    KEMENY_MAX_ITEMS,
+    AggregationResult,
+    _prepare,
+    aggregate,
+    pairwise_support,
+)
+from rankmath.agreement import WeightPolicy, kendalls_w, needs_more_rankings, weights_from_agreement
+from rankmath.pairs import Pair, pairs_from_ordering
+from rankmath.rankformats import Ordering, normalize_ordering
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from annotation.models import Ranking, RankingTask, Role, TaskStatus
-from annotation.rankformats import OrderingError, validate_ordering
 from annotation.services.tasks import ranking_task_ensure
 from annotation.services.users import generate_password, user_create
 from gallery.models import Image, Prompt
+from rankmath.rankformats import OrderingError, validate_ordering
 
 
 class RankingImportError(ValueError):

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from django.db import transaction
 
 from annotation.models import ConsensusRanking, PairSource, PreferencePair
-from annotation.pairs import insert_by_score, pairs_from_ordering
 from gallery.models import Image, Prompt
+from rankmath.pairs import insert_by_score, pairs_from_ordering
 
 
 @transaction.atomic

@@ -39,9 +39,9 @@ from annotation.models import (
     TaskImage,
     TaskStatus,
 )
-from annotation.rankformats import Ordering, OrderingError, validate_ordering
 from annotation.services.consensus import consensus_schedule
 from gallery.models import Category, Image, Prompt
+from rankmath.rankformats import Ordering, OrderingError, validate_ordering
 
 logger = logging.getLogger(__name__)
 

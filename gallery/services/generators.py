@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils.text import slugify
 
-from annotation.rankformats import ITERCOMP_GALLERY
 from gallery.models import Generator, GeneratorKind
+from rankmath.rankformats import ITERCOMP_GALLERY
 
 # diffusers pipeline classes a generation job can load from local weights. RPG and InstanceDiffusion are not
 # diffusers pipelines: their images are imported, never generated here.

@@ -1,8 +1,13 @@
-"""Gallery import: folders, manifests, IterComp and ImageReward files → prompts, images and rankings.
+"""Gallery import: folders, manifests, IterComp and ImageReward files → prompts, images (and rankings).
 
 Each row is imported in its own savepoint: a bad row is reported with its line and leaves nothing behind,
 while the good rows around it are kept. Everything a row needs is read
 and checked before the first write, and every write is idempotent, so importing a file twice adds nothing.
+
+Rankings belong to the ``annotation`` app, which gallery never imports: the ranked formats' expert ranks
+are handed to a :class:`RankingWriter` inside the row's savepoint.
+``annotation.services.gallery_imports.ranked_gallery_import`` supplies one (the ``import_gallery`` command
+calls it).
 """
 
 from __future__ import annotations
@@ -10,13 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from django.db import transaction
 
-from annotation.services.imports import annotator_ensure, ranking_import
 from gallery.imaging import CheckedImage
-from gallery.models import Generator
+from gallery.models import Generator, Image, Prompt
 from gallery.promptfiles import CategoryKey, UnknownCategory, category_from_file_name, resolve_category
 from gallery.services.generators import generators_ensure_itercomp_gallery
 from gallery.services.images import NewImage, image_read_checked, images_register
@@ -46,6 +50,18 @@ class GalleryImportError(ValueError):
 
 class RowFailed(ValueError):
     """One row cannot be imported; the message says why."""
+
+
+class RankingWriter(Protocol):
+    """Stores the expert ranks of a ranked row (IterComp, ImageReward) for the annotator they are imported for."""
+
+    def write(self, *, prompt: Prompt, ordering: list[list[Image]], iteration: int) -> bool:
+        """Store one row's ranking, inside the row's savepoint; True when a new ranking was stored."""
+        ...
+
+    def row_committed(self) -> None:
+        """The row whose ranking was just written is committed: rows it created may be reused from now on."""
+        ...
 
 
 @dataclass
@@ -89,11 +105,10 @@ class _Context:
     category: CategoryKey | None  # from --category or the file name; a row's own column comes second
     category_overrides: bool
     generators: dict[str, Generator]
-    annotator: str | None
+    rankings: RankingWriter | None
     source: str
     iteration: int
     categories: dict[CategoryKey, Any] = field(default_factory=dict)
-    _annotator: Any = None
 
     def category_for(self, row: SourceRow) -> CategoryKey:
         if self.category is not None and (self.category_overrides or not row.category):
@@ -106,15 +121,6 @@ class _Context:
         if key not in self.categories:
             self.categories[key] = category_get(key)
         return self.categories[key]
-
-    def annotator_user(self):
-        # Looked up (or created) inside each row until one commits; from then on the committed user is reused.
-        if self._annotator is None:
-            return annotator_ensure(username=self.annotator or "")
-        return self._annotator
-
-    def remember_annotator(self, user) -> None:
-        self._annotator = user
 
     def generator(self, slug: str) -> Generator:
         try:
@@ -130,7 +136,7 @@ def gallery_import(
     format: str,
     category: str | None = None,
     generator: str | None = None,
-    annotator: str | None = None,
+    rankings: RankingWriter | None = None,
     images_root: Path | None = None,
     source: str | None = None,
     iteration: int = 0,
@@ -140,9 +146,10 @@ def gallery_import(
     its own savepoint.
 
     ``category`` overrides whatever the file says (a manifest's column, the file name); ``generator`` names
-    the model of ImageReward generations (that format does not say); ``annotator`` is who the imported ranks
-    are attributed to (required for itercomp/imagereward); ``images_root`` is the folder image paths are
-    relative to (default: the file's folder) and which they may not leave.
+    the model of ImageReward generations (that format does not say); ``rankings`` stores the imported ranks
+    (required for itercomp/imagereward: ``ranked_gallery_import`` builds it from the annotator's name);
+    ``images_root`` is the folder image paths are relative to (default: the file's folder) and which they
+    may not leave.
     """
     if format not in FORMATS:
         raise GalleryImportError(f"unknown format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -152,7 +159,7 @@ def gallery_import(
         raise GalleryImportError(f"{path} is not a folder (--format folder)")
     if format != "folder" and not path.is_file():
         raise GalleryImportError(f"{path} is not a file")
-    if format in RANKED_FORMATS and not annotator:
+    if format in RANKED_FORMATS and rankings is None:
         raise GalleryImportError(
             f"{format} files carry expert ranks: name the annotator they are imported for (--annotator)"
         )
@@ -196,7 +203,7 @@ def gallery_import(
         category=file_category,
         category_overrides=override is not None,
         generators=generators,
-        annotator=annotator,
+        rankings=rankings,
         source=source or format,
         iteration=iteration,
     )
@@ -273,18 +280,15 @@ def _import_row(row: SourceRow, context: _Context) -> _RowStats:
             stats.images_created += result.created
             stats.images_existing += not result.created
             stats.files_stored += result.stored
-        annotator = None
-        if row.ordering is not None and context.annotator:
-            annotator = context.annotator_user()
-            _, ranking_created = ranking_import(
+        ranked = row.ordering is not None and context.rankings is not None
+        if ranked:
+            ranking_created = context.rankings.write(
                 prompt=prompt,
                 ordering=[[registered[i] for i in group] for group in row.ordering],
-                annotator=annotator,
-                source="import",
                 iteration=context.iteration,
             )
             stats.rankings_created += ranking_created
             stats.rankings_existing += not ranking_created
-    if annotator is not None:
-        context.remember_annotator(annotator)  # committed now, safe to reuse for the next rows
+    if ranked:
+        context.rankings.row_committed()
     return stats

@@ -17,10 +17,10 @@ from django.core.management import call_command
 
 from annotation.exporters.filters import ExportFilters
 from annotation.models import RankingTask
-from annotation.rankformats import ImageRewardRecord, IterCompRecord
 from annotation.services.consensus import consensus_recompute
 from annotation.services.export import ExportSpec, export_write
 from gallery.models import Image
+from rankmath.rankformats import ImageRewardRecord, IterCompRecord
 from tests.consensus import factories as f
 
 pytestmark = pytest.mark.django_db

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image as PILImage
 
-from annotation.rankformats import ITERCOMP_GALLERY
+from rankmath.rankformats import ITERCOMP_GALLERY
 
 ROOT = Path(__file__).resolve().parents[2]
 # The shared data folder sits beside the checkout (../shared); STUDIO_SHARED_DIR points elsewhere.

@@ -9,6 +9,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotation.models import Ranking, RankingTask
+from annotation.services.gallery_imports import ranked_gallery_import
 from gallery.models import Image, Prompt
 from gallery.services.imports import GalleryImportError, gallery_import
 
@@ -149,19 +150,19 @@ def test_a_conflicting_reimported_ranking_is_refused_not_overwritten(tmp_path, i
 
 def test_whole_file_problems_stop_before_any_row(tmp_path, itercomp_generators):
     with pytest.raises(GalleryImportError, match="does not exist"):
-        gallery_import(path=tmp_path / "nope.json", format="itercomp", annotator="e")
+        ranked_gallery_import(path=tmp_path / "nope.json", format="itercomp", annotator="e")
     records = tmp_path / "records.json"
     records.write_text("[]")
     with pytest.raises(GalleryImportError, match="unknown category 'records'"):
-        gallery_import(path=records, format="itercomp", annotator="e")
+        ranked_gallery_import(path=records, format="itercomp", annotator="e")
     with pytest.raises(GalleryImportError, match="--annotator"):
         gallery_import(path=records, format="itercomp", category="color")
     with pytest.raises(GalleryImportError, match="--generator"):
-        gallery_import(path=records, format="imagereward", category="color", annotator="e")
+        ranked_gallery_import(path=records, format="imagereward", category="color", annotator="e")
     broken = tmp_path / "color.json"
     broken.write_text('[{"prompt": "x",\n "rank": [1,2,}]')
     with pytest.raises(GalleryImportError, match="invalid JSON at line 2"):
-        gallery_import(path=broken, format="itercomp", annotator="e")
+        ranked_gallery_import(path=broken, format="itercomp", annotator="e")
     csv_path = tmp_path / "m.csv"
     csv_path.write_text("prompt,model,image\n")
     with pytest.raises(GalleryImportError, match="missing: \\['generator'\\]; unknown: \\['model'\\]"):

@@ -11,10 +11,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
+from annotation.gallery_exports import export_imagereward, export_itercomp
 from annotation.models import Ranking, RankingTask, TaskStatus
-from annotation.rankformats import ITERCOMP_GALLERY
-from gallery.exports import export_imagereward, export_itercomp, export_manifest
+from gallery.exports import export_manifest
 from gallery.models import Generator, Image, Prompt
+from rankmath.rankformats import ITERCOMP_GALLERY
 
 from .conftest import png_bytes, write_itercomp
 

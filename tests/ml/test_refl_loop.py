@@ -159,7 +159,7 @@ def test_refl_command_line_finetunes_the_world_model_with_the_oracle_guard(tmp_p
 
 
 def test_base_in_gallery_and_expert_pushback_rank_the_models_samples_by_the_panel(tmp_path, tiny_base):
-    from annotation.aggregation import aggregate
+    from rankmath.aggregation import aggregate
     from training.ml.reward.data import FolderImageLoader
     from training.ml.world.annotators import default_panel
 

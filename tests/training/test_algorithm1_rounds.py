@@ -23,12 +23,12 @@ from django.conf import settings
 
 from annotation.models import RankingTask
 from gallery.models import Category, Image
-from gallery.world import world_rankings_simulate
 from tests.training.test_closed_loop import _start_round, _wait_status, ranked_world  # noqa: F401
 from training.artifacts import artifact_fetch_dir
 from training.ml.algorithm1.config import RoundConfig
 from training.models import DiffusionCheckpoint, RewardModelCheckpoint, RoundStatus, TrainingRound
 from training.services import round_check_awaiting
+from training.world import world_rankings_simulate
 
 
 def celery_round(test):

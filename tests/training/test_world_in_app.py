@@ -4,7 +4,7 @@ import pytest
 
 from annotation.models import ConsensusRanking, PreferencePair, Ranking, RankingTask, TaskStatus
 from gallery.models import Generator, Image, Prompt
-from gallery.world import world_gallery_seed, world_rankings_simulate
+from training.world import world_gallery_seed, world_rankings_simulate
 
 pytestmark = pytest.mark.django_db
 

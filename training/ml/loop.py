@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from annotation.aggregation import aggregate
-from annotation.pairs import pairs_from_ordering
+from rankmath.aggregation import aggregate
+from rankmath.pairs import pairs_from_ordering
 from training.ml.algorithm1.config import FeedbackStageConfig, PushBackConfig, RewardStageConfig, RoundConfig
 from training.ml.algorithm1.steps import (
     FinetuneResult,

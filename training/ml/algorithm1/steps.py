@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from annotation.pairs import insert_by_score
+from rankmath.pairs import insert_by_score
 from training.ml.algorithm1.config import RoundConfig
 from training.ml.common import CheckpointInfo, ProgressCallback
 from training.ml.refl.adapters import DiffusionAdapter

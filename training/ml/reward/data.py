@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rankmath.pair_schema import PAIR_FIELDS
 from training.ml.common import sha256_file
-from training.ml.pair_schema import PAIR_FIELDS
 from training.ml.preprocess import PreprocessConfig, resize_images
 from training.ml.reward.augment import augment_image
 from training.ml.reward.config import CATEGORIES, SPLITS, AugmentConfig

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import kendalltau
 
-from annotation.agreement import (
+from rankmath.agreement import (
     AnnotatedTask,
     WeightPolicy,
     kendall_tau_b,
@@ -22,7 +22,7 @@ from annotation.agreement import (
     tau_against_reference,
     weights_from_agreement,
 )
-from annotation.rankformats import OrderingError, normalize_ordering, positions
+from rankmath.rankformats import OrderingError, normalize_ordering, positions
 
 
 def strict(*items):

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from annotation.pairs import Pair, disagreements, insert_by_score, pairs_from_ordering
-from annotation.rankformats import OrderingError, positions
+from rankmath.pairs import Pair, disagreements, insert_by_score, pairs_from_ordering
+from rankmath.rankformats import OrderingError, positions
 
 
 def strict(*items):

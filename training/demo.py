@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from annotation.models import Role
 from annotation.services.users import generate_password, user_ensure
+from training.world import world_gallery_seed, world_rankings_simulate
 
 DEMO_USERS = (("annotator", Role.ANNOTATOR), ("admin", Role.ADMIN), ("researcher", Role.RESEARCHER))
 PROMPTS_PER_SUBCATEGORY = 6
@@ -19,8 +20,6 @@ class DemoReport:
 
 
 def demo_seed() -> DemoReport:
-    from gallery.world import world_gallery_seed, world_rankings_simulate
-
     report = DemoReport()
     for username, role in DEMO_USERS:
         password = generate_password()

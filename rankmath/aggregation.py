@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from annotation.rankformats import Ordering, item_sort_key, positions, validate_ordering
+from rankmath.rankformats import Ordering, item_sort_key, positions, validate_ordering
 
 KEMENY_MAX_ITEMS = 8
 DEFAULT_METHOD = "borda"

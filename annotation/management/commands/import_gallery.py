@@ -8,7 +8,8 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from gallery.services.imports import GalleryImportError, gallery_import
+from annotation.services.gallery_imports import ranked_gallery_import
+from gallery.services.imports import GalleryImportError
 from gallery.sources import FORMATS
 
 
@@ -50,7 +51,7 @@ class Command(BaseCommand):
             )
 
         try:
-            report = gallery_import(
+            report = ranked_gallery_import(
                 path=options["path"],
                 format=options["format"],
                 category=options["category"],

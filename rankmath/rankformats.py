@@ -9,7 +9,7 @@ this one also converts them to and from the two public dataset formats the proje
   ``[int(char) for char in item["rank"]]``, so a digit string such as ``"435216"`` is accepted as well.
 * ImageReward records (``ranking[k]`` is the rank of ``generations[k]``, 1 = best, equal ranks = tie).
 
-Pure Python, no Django: the ``annotation`` app's services call these functions.
+Pure Python, no Django: the gallery import, the annotation services and the exporters call these functions.
 """
 
 from __future__ import annotations

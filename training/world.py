@@ -1,6 +1,7 @@
 """The synthetic world in the app: its six gallery generators' images as a gallery, and simulated
 experts ranking them. Seeds the run command's demo and the closed-loop tests; uses the same import,
-task and ranking services as real data.
+task and ranking services as real data. The ML core (``training.ml.world``) is imported inside the
+functions, as everywhere outside ``training/ml/`` and the worker-only modules (``scripts/check_imports.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from dataclasses import dataclass
 from django.core.files.storage import default_storage
 from django.db import transaction
 
+from annotation.models import RankingTask, TaskStatus
+from annotation.services.consensus import consensus_recompute
+from annotation.services.imports import annotator_ensure, ranking_import
+from annotation.services.tasks import ranking_tasks_create_for_complete_galleries
 from gallery.models import Category, Generator, GeneratorKind, Image, Prompt, Subcategory
 from gallery.services.images import NewImage, image_check_bytes, images_register
 from gallery.services.prompts import prompt_ensure
@@ -80,7 +85,6 @@ def world_gallery_seed(
     *, per_subcategory: int, seed: int = 0, required_rankings: int | None = None
 ) -> WorldSeedReport:
     """Prompts of every subcategory with one image from each of the six world generators, and their tasks."""
-    from annotation.services.tasks import ranking_tasks_create_for_complete_galleries
     from training.ml.world import GALLERY_GENERATORS, SUBCATEGORIES, generate_prompts
 
     report = WorldSeedReport()
@@ -129,9 +133,6 @@ def world_rankings_simulate(
 
     Each task gets rankings from up to `per_task` distinct experts (never the same expert twice).
     """
-    from annotation.models import RankingTask, TaskStatus
-    from annotation.services.consensus import consensus_recompute
-    from annotation.services.imports import annotator_ensure, ranking_import
     from training.ml.world import default_panel
 
     panel = default_panel(seed)

@@ -8,7 +8,7 @@ import choix
 import numpy as np
 import pytest
 
-from annotation.aggregation import (
+from rankmath.aggregation import (
     KEMENY_MAX_ITEMS,
     AggregationError,
     aggregate,
@@ -17,7 +17,7 @@ from annotation.aggregation import (
     weighted_borda,
     weighted_kemeny,
 )
-from annotation.rankformats import positions
+from rankmath.rankformats import positions
 
 METHODS = ["borda", "kemeny", "plackett_luce"]
 

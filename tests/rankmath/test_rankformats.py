@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from annotation.rankformats import (
+from rankmath.rankformats import (
     ITERCOMP_GALLERY,
     ImageRewardRecord,
     IterCompRecord,

@@ -18,7 +18,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from annotation.rankformats import Ordering, OrderingError, item_sort_key, validate_ordering
+from rankmath.rankformats import Ordering, OrderingError, item_sort_key, validate_ordering
 
 
 @dataclass(frozen=True)

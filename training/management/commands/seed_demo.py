@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from annotation.demo import demo_seed
+from training.demo import demo_seed
 
 
 class Command(BaseCommand):

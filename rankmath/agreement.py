@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import krippendorff
 import numpy as np
 
-from annotation.aggregation import DEFAULT_METHOD, aggregate
-from annotation.rankformats import Ordering, OrderingError, item_sort_key, positions, validate_ordering
+from rankmath.aggregation import DEFAULT_METHOD, aggregate
+from rankmath.rankformats import Ordering, OrderingError, item_sort_key, positions, validate_ordering
 
 
 def _common_items(rankings: Sequence[Ordering]) -> list[Hashable]:

@@ -1,0 +1,84 @@
+"""Write an annotator's rankings of the gallery in the ranked formats it is imported from (IterComp,
+ImageReward), next to the images they rank.
+
+Reads only (no database writes). The unranked manifest export is ``gallery.exports.export_manifest``; the
+ranked formats live here because the rankings are this app's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from django.contrib.auth.models import AbstractUser
+
+from annotation.models import Ranking
+from gallery.exports import image_copy_out
+from gallery.models import Image
+from rankmath.rankformats import ITERCOMP_GALLERY, ImageRewardRecord, IterCompRecord, validate_ordering
+
+
+def _rankings_of(annotator: AbstractUser):
+    return (
+        Ranking.objects.filter(annotator=annotator)
+        .select_related("task__prompt")
+        .prefetch_related("task__task_images__image__generator")
+        .order_by("task_id")
+    )
+
+
+def _source_id(images: Iterable[Image], fallback: object) -> object:
+    for image in images:
+        if "source_id" in image.params:
+            return image.params["source_id"]
+    return fallback
+
+
+def export_itercomp(*, out_path: Path, annotator: AbstractUser) -> tuple[int, int]:
+    """IterComp records of the annotator's strict rankings over the six gallery models.
+
+    Returns (records written, rankings skipped because they have ties or another image set).
+    """
+    records, skipped = [], 0
+    for ranking in _rankings_of(annotator):
+        images = {ti.image.pk: ti.image for ti in ranking.task.task_images.all()}
+        by_generator = {image.generator.slug: image for image in images.values()}
+        ordering = validate_ordering(ranking.ordering)
+        if sorted(by_generator) != sorted(ITERCOMP_GALLERY) or len(images) != len(ITERCOMP_GALLERY):
+            skipped += 1
+            continue
+        if any(len(group) > 1 for group in ordering):
+            skipped += 1  # IterComp's rank lists cannot express ties
+            continue
+        record = IterCompRecord(
+            index=int(_source_id(images.values(), ranking.task_id)),
+            prompt=ranking.task.prompt.text,
+            images={
+                slug: image_copy_out(image, out_path.parent, f"images/{slug}")
+                for slug, image in by_generator.items()
+            },
+            ordering=[[images[group[0]].generator.slug] for group in ordering],
+        )
+        records.append(record.to_json())
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
+    return len(records), skipped
+
+
+def export_imagereward(*, out_path: Path, annotator: AbstractUser) -> int:
+    """ImageReward records ({id, prompt, generations, ranking}, dense ranks, ties kept) of the annotator."""
+    records = []
+    for ranking in _rankings_of(annotator):
+        task_images = list(ranking.task.task_images.all())  # ordered by position
+        index = {ti.image.pk: i for i, ti in enumerate(task_images)}
+        record = ImageRewardRecord(
+            id=str(_source_id((ti.image for ti in task_images), ranking.task_id)),
+            prompt=ranking.task.prompt.text,
+            generations=tuple(image_copy_out(ti.image, out_path.parent, "images") for ti in task_images),
+            ordering=[[index[item] for item in group] for group in validate_ordering(ranking.ordering)],
+        )
+        records.append(record.to_json())
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(records, indent=1, ensure_ascii=False), encoding="utf-8")
+    return len(records)
