@@ -6,13 +6,10 @@ import pytest
 from django.utils import timezone
 
 from annotation.models import ClaimStatus, Ranking, TaskClaim
-from annotation.services.ranking import (
-    LeaseExpired,
-    ranking_submit,
-    task_claim_next,
-    task_claims_ensure,
-    task_release,
-)
+from annotation.services.claims import task_claim_next, task_claims_ensure
+from annotation.services.refusals import LeaseExpired
+from annotation.services.review import task_release
+from annotation.services.submission import ranking_submit
 from gallery.models import Category
 from tests.annotation_ui.conftest import rank_fields
 
@@ -101,9 +98,9 @@ def test_a_skipped_slot_is_offered_to_the_next_annotator(make_user, task_factory
 def test_a_full_task_is_marked_complete_after_commit_and_leaves_the_queue(
     make_user, task_factory, spatial, settings, django_capture_on_commit_callbacks, monkeypatch
 ):
-    import annotation.services.ranking as ranking_module
+    import annotation.services.submission as submission_module
 
-    monkeypatch.setattr(ranking_module, "_schedule_consensus", lambda task_id: None)
+    monkeypatch.setattr(submission_module, "_schedule_consensus", lambda task_id: None)
     settings.GOLD_TASK_RATE = 0
     task = task_factory(required=2)
     for _ in range(2):

@@ -11,7 +11,7 @@ import pytest
 from django.core.files.storage import default_storage
 
 from annotation.models import PairSource, PreferencePair, RankingTask, TaskStatus
-from annotation.services.ranking import task_claim_next
+from annotation.services.claims import task_claim_next
 from gallery.models import Category, Generator, Image
 from gallery.world import world_gallery_seed, world_rankings_simulate
 from training.models import DiffusionCheckpoint, RewardModelCheckpoint, RoundStatus, TrainingRound
