@@ -15,6 +15,8 @@ Claim status transitions (a claim is created ``active``)::
     active           -> submitted  its ranking was recorded (CLAIM_SUBMIT_CTE, inside the submit statement)
     active           -> expired    its lease lapsed, or an admin retired its task
     active, expired  -> released   the annotator skipped or flagged the task
+
+``tests/annotation_ui/test_status_writers.py`` fails when another module writes ``TaskClaim.status``.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 Allowed transitions (a task is created ``open``)::
 
-    open            -> complete  it has the rankings it asked for      task_complete, task_complete_if_full
-    complete        -> open      its experts disagree: one more ranking task_reopen
-    open            -> open      the same, before it was marked complete task_reopen
-    open, complete  -> retired   an admin withdrew it                   task_retire
+    open           -> complete  it has the rankings it asked for         task_complete, task_complete_if_full
+    complete       -> open      its experts disagree: one more ranking   task_reopen
+    open           -> open      the same, before it was marked complete  task_reopen
+    open, complete -> retired   an admin withdrew it                     task_retire
 
 ``retired`` is final. Each function is one conditional UPDATE whose WHERE clause names the states it may
 leave, so a transition that is not allowed touches no row (and returns False) instead of overwriting a
-state another process just wrote. ``tests/annotation_ui/test_task_status_writer.py`` fails when any other
+state another process just wrote. ``tests/annotation_ui/test_status_writers.py`` fails when any other
 module writes the field.
 """
 
