@@ -3,6 +3,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from annotation.models import ClaimStatus, Ranking, TaskClaim
@@ -146,3 +148,23 @@ def test_tasks_of_other_categories_are_not_offered(make_user, task_factory, spat
     settings.GOLD_TASK_RATE = 0
     task_factory(category="non_spatial")
     assert task_claim_next(annotator=make_user("annotator"), category=spatial) is None
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_claiming_a_task_that_holds_a_lapsed_lease_takes_at_most_ten_queries(
+    make_user, task_factory, spatial, settings
+):
+    # transaction=True: no test transaction around the claim, as in production, so BEGIN and COMMIT are
+    # counted and no test-only savepoints are. The costliest path without contention: the lapsed lease is
+    # expired under the task lock before the slot is counted and taken.
+    settings.GOLD_TASK_RATE = 0
+    task = task_factory(required=1)
+    late = make_user("annotator")
+    stale = task_claim_next(annotator=late, category=spatial)
+    TaskClaim.objects.filter(pk=stale.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    annotator = make_user("annotator")
+    with CaptureQueriesContext(connection) as queries:
+        claim = task_claim_next(annotator=annotator, category=spatial)
+    assert claim is not None and claim.task_id == task.pk
+    assert len(queries) <= 10, "\n".join(q["sql"] for q in queries.captured_queries)
+    assert TaskClaim.objects.get(pk=stale.pk).status == ClaimStatus.EXPIRED
