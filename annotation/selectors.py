@@ -30,7 +30,7 @@ from annotation.models import (
     TaskFlag,
     TaskStatus,
 )
-from annotation.services.ranking import CORRECTION_WINDOW_SECONDS, positions_from_ordering
+from annotation.services.submission import CORRECTION_WINDOW_SECONDS, positions_from_ordering
 from gallery.models import Category, Image, Prompt
 
 logger = logging.getLogger(__name__)

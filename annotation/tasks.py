@@ -22,6 +22,6 @@ def export_run(job_id: int) -> str:
 
 @shared_task(name="annotation.derive_weights")
 def derive_weights() -> dict[str, float]:
-    from annotation.services.consensus import annotator_weights_derive
+    from annotation.services.gold import annotator_weights_derive
 
     return {str(uid): w for uid, w in annotator_weights_derive().items()}

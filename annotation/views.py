@@ -21,8 +21,17 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from annotation import selectors
 from annotation.models import FlagKind, Role
 from annotation.roles import is_admin, role_of
-from annotation.services import ranking as ranking_services
-from annotation.services.ranking import RANK_FIELD_PREFIX, RankingRefused
+from annotation.services.claims import task_claims_ensure
+from annotation.services.gold import gold_image_candidates, gold_task_create
+from annotation.services.refusals import RankingRefused, SubmissionInvalid
+from annotation.services.review import flag_resolve, task_release
+from annotation.services.submission import (
+    CORRECTION_WINDOW_SECONDS,
+    RANK_FIELD_PREFIX,
+    correctable_ranking,
+    ranking_correct,
+    ranking_submit,
+)
 from annotation.services.users import generate_password, user_create, user_set_password
 from gallery.models import Category, Prompt
 
@@ -160,7 +169,7 @@ def _render_task(
 @ranker_page
 def rank(request: HttpRequest, category: str) -> HttpResponse:
     cat = _category_or_404(category)
-    pair = ranking_services.task_claims_ensure(annotator=request.user, category=cat)
+    pair = task_claims_ensure(annotator=request.user, category=cat)
     page = selectors.ranking_page(
         annotator=request.user, category=cat, claim=pair.current, upcoming=pair.upcoming
     )
@@ -175,7 +184,7 @@ def _refused_task(
     if claim is None or claim.annotator_id != request.user.pk:
         return _refuse(request, exc.message, exc.status)
     category = claim.task.prompt.category
-    keep = isinstance(exc, ranking_services.SubmissionInvalid)
+    keep = isinstance(exc, SubmissionInvalid)
     page = selectors.ranking_page(
         annotator=request.user,
         category=category,
@@ -194,7 +203,7 @@ def _refused_task(
 def submit(request: HttpRequest, claim_id: int) -> HttpResponse:
     fields = _rank_fields(request)
     try:
-        _, claim = ranking_services.ranking_submit(
+        _, claim = ranking_submit(
             claim_id=claim_id,
             annotator=request.user,
             fields=fields,
@@ -209,7 +218,7 @@ def submit(request: HttpRequest, claim_id: int) -> HttpResponse:
 
 def _release(request: HttpRequest, claim_id: int, kind: str) -> HttpResponse:
     try:
-        flag = ranking_services.task_release(
+        flag = task_release(
             claim_id=claim_id, annotator=request.user, kind=kind, reason=request.POST.get("reason", "")
         )
     except RankingRefused as exc:
@@ -244,17 +253,17 @@ def correct(request: HttpRequest, ranking_id: int) -> HttpResponse:
     if request.method == "POST":
         fields = _rank_fields(request)
         try:
-            ranking_services.ranking_correct(ranking_id=ranking.pk, annotator=request.user, fields=fields)
+            ranking_correct(ranking_id=ranking.pk, annotator=request.user, fields=fields)
         except RankingRefused as exc:
             page = selectors.correction_page(ranking=ranking, ranks=_posted_ranks(fields), error=exc.message)
             return render(request, "annotation/correct.html", {"page": page}, status=exc.status)
         messages.success(request, "Your corrected ranking is saved.")
         return _see_other(reverse("rank", args=[slug]))
-    if ranking_services.correctable_ranking(annotator=request.user) != ranking:
+    if correctable_ranking(annotator=request.user) != ranking:
         return _refuse(
             request,
             "Only your last ranking can be corrected, and only for "
-            f"{ranking_services.CORRECTION_WINDOW_SECONDS // 60} minutes after you submit it.",
+            f"{CORRECTION_WINDOW_SECONDS // 60} minutes after you submit it.",
             409,
         )
     return render(request, "annotation/correct.html", {"page": selectors.correction_page(ranking=ranking)})
@@ -284,7 +293,7 @@ def review(request: HttpRequest) -> HttpResponse:
 @admin_page
 def review_resolve(request: HttpRequest, flag_id: int) -> HttpResponse:
     try:
-        flag = ranking_services.flag_resolve(
+        flag = flag_resolve(
             flag_id=flag_id,
             admin=request.user,
             resolution=request.POST.get("resolution", ""),
@@ -336,13 +345,13 @@ def gold_new(request: HttpRequest) -> HttpResponse:
     if prompt is None:
         context["prompts"] = selectors.gold_prompt_choices(category=category, query=context["query"])
         return render(request, "annotation/gold_new.html", context)
-    images = ranking_services.gold_image_candidates(prompt=prompt)
+    images = gold_image_candidates(prompt=prompt)
     image_ids = [im.pk for im in images]
     status = 200
     if request.method == "POST":
         fields = _rank_fields(request)
         try:
-            task = ranking_services.gold_task_create(
+            task = gold_task_create(
                 prompt=prompt,
                 image_ids=image_ids,
                 fields=fields,

@@ -26,6 +26,7 @@ from annotation.models import (
     TaskImage,
     TaskStatus,
 )
+from annotation.services.task_status import task_reopen
 from rankmath.aggregation import (
     KEMENY_MAX_ITEMS,
     AggregationResult,
@@ -33,7 +34,7 @@ from rankmath.aggregation import (
     aggregate,
     pairwise_support,
 )
-from rankmath.agreement import WeightPolicy, kendalls_w, needs_more_rankings, weights_from_agreement
+from rankmath.agreement import kendalls_w, needs_more_rankings
 from rankmath.pairs import Pair, pairs_from_ordering
 from rankmath.rankformats import Ordering, normalize_ordering
 
@@ -206,9 +207,7 @@ def _request_more_rankings_if_needed(*, task: RankingTask, n: int, kendall_w: fl
     if needs_more_rankings(
         w, n, threshold=settings.CONSENSUS_AGREEMENT_THRESHOLD, cap=settings.CONSENSUS_MAX_RANKINGS
     ):
-        task.required_rankings = n + 1
-        task.status = TaskStatus.OPEN
-        task.save(update_fields=["required_rankings", "status"])
+        task_reopen(task=task, required_rankings=n + 1)
 
 
 def consensus_schedule_all() -> int:
@@ -220,45 +219,3 @@ def consensus_schedule_all() -> int:
     for task_id in task_ids:
         consensus_schedule(task_id=task_id)
     return len(task_ids)
-
-
-def annotator_weights_schedule() -> None:
-    """Derive annotator weights in a worker (an admin's button), after the current transaction commits."""
-    from annotation.tasks import derive_weights
-
-    transaction.on_commit(lambda: derive_weights.delay())
-
-
-@transaction.atomic
-def annotator_weights_derive(
-    *, policy: WeightPolicy | None = None, recompute: bool = True
-) -> dict[int, float]:
-    """Set every annotator's weight from their agreement (gold tau when they have enough gold tasks,
-    else leave-one-out tau against the others' consensus, else the policy's default).
-
-    Returns ``{user_id: weight}``. With ``recompute`` the consensus of every task they ranked is
-    recomputed after commit, since the weights it was built with changed.
-    """
-    from annotation.selectors_research import annotator_taus
-
-    taus = annotator_taus()
-    weights = weights_from_agreement(
-        {uid: t.loo for uid, t in taus.items()}, {uid: t.gold for uid, t in taus.items()}, policy
-    )
-    changed: list[int] = []
-    for user_id, weight in weights.items():
-        updated = (
-            AnnotatorProfile.objects.filter(user_id=user_id).exclude(weight=weight).update(weight=weight)
-        )
-        if updated:
-            changed.append(int(user_id))
-    if recompute and changed:
-        task_ids = (
-            Ranking.objects.filter(annotator_id__in=changed)
-            .values_list("task_id", flat=True)
-            .order_by("task_id")
-            .distinct()
-        )
-        for task_id in task_ids:
-            consensus_schedule(task_id=task_id)
-    return {int(uid): w for uid, w in weights.items()}

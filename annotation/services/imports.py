@@ -9,7 +9,8 @@ from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from annotation.models import Ranking, RankingTask, Role, TaskStatus
+from annotation.models import Ranking, Role
+from annotation.services.task_status import task_complete
 from annotation.services.tasks import ranking_task_ensure
 from annotation.services.users import generate_password, user_create
 from gallery.models import Image, Prompt
@@ -80,5 +81,5 @@ def ranking_import(
         )
         # A task with all its rankings leaves the annotators' queue (conditional: only an open task changes).
         if task.rankings.count() >= task.required_rankings:
-            RankingTask.objects.filter(pk=task.pk, status=TaskStatus.OPEN).update(status=TaskStatus.COMPLETE)
+            task_complete(task_id=task.pk)
         return ranking, True

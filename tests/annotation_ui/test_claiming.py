@@ -3,16 +3,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from annotation.models import ClaimStatus, Ranking, TaskClaim
-from annotation.services.ranking import (
-    LeaseExpired,
-    ranking_submit,
-    task_claim_next,
-    task_claims_ensure,
-    task_release,
-)
+from annotation.services.claims import task_claim_next, task_claims_ensure
+from annotation.services.refusals import LeaseExpired
+from annotation.services.review import task_release
+from annotation.services.submission import ranking_submit
 from gallery.models import Category
 from tests.annotation_ui.conftest import rank_fields
 
@@ -101,9 +100,9 @@ def test_a_skipped_slot_is_offered_to_the_next_annotator(make_user, task_factory
 def test_a_full_task_is_marked_complete_after_commit_and_leaves_the_queue(
     make_user, task_factory, spatial, settings, django_capture_on_commit_callbacks, monkeypatch
 ):
-    import annotation.services.ranking as ranking_module
+    import annotation.services.submission as submission_module
 
-    monkeypatch.setattr(ranking_module, "_schedule_consensus", lambda task_id: None)
+    monkeypatch.setattr(submission_module, "_schedule_consensus", lambda task_id: None)
     settings.GOLD_TASK_RATE = 0
     task = task_factory(required=2)
     for _ in range(2):
@@ -149,3 +148,23 @@ def test_tasks_of_other_categories_are_not_offered(make_user, task_factory, spat
     settings.GOLD_TASK_RATE = 0
     task_factory(category="non_spatial")
     assert task_claim_next(annotator=make_user("annotator"), category=spatial) is None
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_claiming_a_task_that_holds_a_lapsed_lease_takes_at_most_ten_queries(
+    make_user, task_factory, spatial, settings
+):
+    # transaction=True: no test transaction around the claim, as in production, so BEGIN and COMMIT are
+    # counted and no test-only savepoints are. The costliest path without contention: the lapsed lease is
+    # expired under the task lock before the slot is counted and taken.
+    settings.GOLD_TASK_RATE = 0
+    task = task_factory(required=1)
+    late = make_user("annotator")
+    stale = task_claim_next(annotator=late, category=spatial)
+    TaskClaim.objects.filter(pk=stale.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    annotator = make_user("annotator")
+    with CaptureQueriesContext(connection) as queries:
+        claim = task_claim_next(annotator=annotator, category=spatial)
+    assert claim is not None and claim.task_id == task.pk
+    assert len(queries) <= 10, "\n".join(q["sql"] for q in queries.captured_queries)
+    assert TaskClaim.objects.get(pk=stale.pk).status == ClaimStatus.EXPIRED

@@ -14,7 +14,8 @@ import pytest
 from django.db import connection
 
 from annotation.models import ClaimStatus, Ranking, RankingTask, TaskClaim
-from annotation.services.ranking import ranking_submit, task_claim_next
+from annotation.services.claims import task_claim_next
+from annotation.services.submission import ranking_submit
 from gallery.models import Category
 from tests.annotation_ui.conftest import make_task, rank_fields
 
@@ -64,10 +65,10 @@ def test_simultaneous_claimers_never_share_a_slot_and_fill_every_one(make_user, 
 def test_annotators_ranking_in_parallel_until_the_queue_is_empty_fill_every_task_exactly(
     make_user, settings, monkeypatch
 ):
-    import annotation.services.ranking as ranking_module
+    import annotation.services.submission as submission_module
 
     scheduled: list[int] = []
-    monkeypatch.setattr(ranking_module, "_schedule_consensus", scheduled.append)
+    monkeypatch.setattr(submission_module, "_schedule_consensus", scheduled.append)
     settings.GOLD_TASK_RATE = 0
     tasks = [make_task(required=3) for _ in range(10)]  # 30 slots, at most one per annotator per task
     users = [make_user("annotator") for _ in range(8)]

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from annotation.models import ClaimStatus, Ranking, RankingTask, TaskClaim, TaskFlag
-from annotation.services.ranking import task_claims_ensure
+from annotation.services.claims import task_claims_ensure
 from gallery.models import Category
 from tests.annotation_ui.conftest import submit_data
 
@@ -78,10 +78,10 @@ def test_an_htmx_submission_advances_to_the_next_task_without_a_reload(client, c
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_submission_takes_at_most_six_queries(client, claimed, monkeypatch):
-    import annotation.services.ranking as ranking_module
+    import annotation.services.submission as submission_module
 
     # Enqueueing the consensus job talks to Redis, not the database; keep this run's queue clean.
-    monkeypatch.setattr(ranking_module, "_schedule_consensus", lambda task_id: None)
+    monkeypatch.setattr(submission_module, "_schedule_consensus", lambda task_id: None)
     # transaction=True: no test transaction around the request, as in production, so the count holds no
     # test-only savepoints. Session and user lookups are included. Worst case: this is the task's last
     # ranking, so the completion update after commit runs too.
@@ -106,9 +106,9 @@ def test_consensus_is_scheduled_only_after_commit(
     client, claimed, django_capture_on_commit_callbacks, monkeypatch
 ):
     scheduled = []
-    import annotation.services.ranking as ranking_module
+    import annotation.services.submission as submission_module
 
-    monkeypatch.setattr(ranking_module, "_schedule_consensus", lambda task_id: scheduled.append(task_id))
+    monkeypatch.setattr(submission_module, "_schedule_consensus", lambda task_id: scheduled.append(task_id))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         client.post(_url(claimed), submit_data(claimed))
     assert scheduled == [] and len(callbacks) >= 1
@@ -204,7 +204,7 @@ def test_ties_are_accepted_where_the_category_allows_them(client, annotator, tas
 
 
 def test_a_retired_task_no_longer_takes_rankings(client, claimed, make_user):
-    from annotation.services.ranking import flag_resolve, task_release
+    from annotation.services.review import flag_resolve, task_release
 
     other = make_user("annotator")
     other_claim = task_claims_ensure(annotator=other, category=claimed.task.prompt.category).current

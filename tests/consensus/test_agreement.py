@@ -12,7 +12,8 @@ from scipy.stats import kendalltau
 
 from annotation.models import AnnotatorProfile
 from annotation.selectors_research import agreement_by_category, annotator_agreement, annotator_taus
-from annotation.services.consensus import annotator_weights_derive, consensus_recompute
+from annotation.services.consensus import consensus_recompute
+from annotation.services.gold import annotator_weights_derive
 from rankmath.aggregation import weighted_borda
 from tests.consensus import factories as f
 

@@ -11,7 +11,7 @@ import pytest
 from django.core.files.storage import default_storage
 
 from annotation.models import PairSource, PreferencePair, RankingTask, TaskStatus
-from annotation.services.ranking import task_claim_next
+from annotation.services.claims import task_claim_next
 from gallery.models import Category, Generator, Image
 from training.models import DiffusionCheckpoint, RewardModelCheckpoint, RoundStatus, TrainingRound
 from training.services import round_check_awaiting, round_mark_stale
