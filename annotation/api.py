@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 
 from annotation import selectors_research as research
 from annotation.exporters.filters import ExportFilters, FilterError
-from annotation.models import DatasetSnapshot, JobStatus
+from annotation.models import DatasetSnapshot
 from annotation.roles import is_researcher
 from annotation.serializers import (
     ConsensusRankingSerializer,
@@ -40,6 +40,7 @@ from annotation.services.export import (
     export_to_tempfile,
 )
 from annotation.services.snapshots import EmptySnapshotError, snapshot_create
+from jobs.models import JobStatus
 
 
 class IsResearcher(BasePermission):

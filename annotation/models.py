@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
+from jobs.models import Job, JobStatus
+
 
 class Role(models.TextChoices):
     ANNOTATOR = "annotator", "annotator"
@@ -236,29 +238,16 @@ class TaskFlag(models.Model):
         return f"{self.kind} of task {self.task_id} by {self.annotator_id}"
 
 
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "queued"
-    RUNNING = "running", "running"
-    DONE = "done", "done"
-    FAILED = "failed", "failed"
-
-
-class ExportJob(models.Model):
+class ExportJob(Job):
     """An export too large for one request, written by a Celery worker to storage."""
 
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(max_length=20)  # pairs / rankings
     format = models.CharField(max_length=20)
     filters = models.JSONField(default=dict)
-    status = models.CharField(max_length=8, choices=JobStatus.choices, default=JobStatus.QUEUED)
     rows_total = models.PositiveIntegerField(null=True, blank=True)
     rows_done = models.PositiveIntegerField(default=0)
     file = models.FileField(max_length=255, blank=True)
-    error = models.TextField(blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

@@ -13,11 +13,12 @@ def recompute_consensus(task_id: int) -> int | None:
     return None if consensus is None else consensus.pk
 
 
-@shared_task(name="annotation.export_run")
-def export_run(job_id: int) -> str:
+@shared_task(name="annotation.export_run", bind=True)
+def export_run(self, job_id: int) -> str:
     from annotation.services.export import export_job_run
+    from jobs.services import worker_identity
 
-    return export_job_run(job_id=job_id)
+    return export_job_run(job_id=job_id, worker=worker_identity(self.request.id))
 
 
 @shared_task(name="annotation.derive_weights")

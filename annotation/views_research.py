@@ -25,13 +25,13 @@ from annotation import selectors_research as research
 from annotation.api import export_http_response
 from annotation.exporters.charts import Bar, horizontal_bars
 from annotation.exporters.filters import ExportFilters, FilterError
-from annotation.models import JobStatus
 from annotation.roles import is_admin, is_researcher
 from annotation.services.consensus import consensus_schedule_all
 from annotation.services.export import FORMATS, ExportError, ExportSpec, api_token_rotate, export_job_create
 from annotation.services.gold import annotator_weights_schedule
 from annotation.services.snapshots import EmptySnapshotError, snapshot_create
 from gallery.models import Category, Generator
+from jobs.models import JobStatus
 
 HTMX_STOP_POLLING = 286
 

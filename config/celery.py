@@ -49,8 +49,10 @@ def _configure(sender: Celery, **kwargs: object) -> None:
     soft_gpu = settings.CELERY_GPU_SOFT_TIME_LIMIT_S
     sender.conf.task_annotations = [_LimitsByQueue(soft_default, soft_gpu)]
     sender.conf.beat_schedule = {
-        "training-heartbeat-check": {"task": "training.check_stale_rounds", "schedule": 60.0},
-        "reconcile-queued-work": {"task": "training.reconcile_queued_work", "schedule": 120.0},
+        # Every kind of background job (exports, generation, round stages): re-send what the broker lost
+        # or what lost its worker, fail or hold what lost too many (jobs.services.jobs_reconcile).
+        "jobs-reconcile": {"task": "jobs.reconcile", "schedule": 60.0},
+        "training-advance-ranked-rounds": {"task": "training.advance_ranked_rounds", "schedule": 60.0},
     }
 
 

@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_celery_results",
     "django_celery_beat",
+    "jobs",
     "gallery",
     "annotation",
     "training",

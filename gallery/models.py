@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
+from jobs.models import Job, JobStatus
+
 
 class Category(models.Model):
     """A compositional category; each owns one reward model."""
@@ -137,14 +139,7 @@ class Image(models.Model):
         return f"{self.generator} · {self.prompt}"
 
 
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "queued"
-    RUNNING = "running", "running"
-    DONE = "done", "done"
-    FAILED = "failed", "failed"
-
-
-class GenerationJob(models.Model):
+class GenerationJob(Job):
     """A batch of images one generator draws for some prompts on a `gpu` worker (pipeline loaded once)."""
 
     generator = models.ForeignKey(Generator, on_delete=models.PROTECT, related_name="generation_jobs")
@@ -154,20 +149,13 @@ class GenerationJob(models.Model):
     # batch_size, negative_prompt. What was actually used is recorded per image in Image.params.
     params = models.JSONField(default=dict, blank=True)
     iteration = models.PositiveIntegerField(default=0)
-    status = models.CharField(max_length=8, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    claimed_by = models.CharField(max_length=200, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
     images_total = models.PositiveIntegerField(default=0)
     images_done = models.PositiveIntegerField(default=0)
     # How many times a worker loaded the pipeline for this job: 1 per attempt, never one per image.
     pipeline_loads = models.PositiveIntegerField(default=0)
-    error = models.TextField(blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+", null=True, blank=True
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

@@ -21,7 +21,7 @@ class TrainingRoundAdmin(admin.ModelAdmin):
     readonly_fields = [
         "status",
         "progress",
-        "failure_reason",
+        "error",
         "claimed_by",
         "heartbeat_at",
         "started_at",

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from jobs.models import JobLifecycle
+
 
 class RoundStatus(models.TextChoices):
     QUEUED = "queued", "queued"
@@ -22,8 +24,13 @@ class RoundStatus(models.TextChoices):
 TERMINAL_STATUSES = (RoundStatus.DONE, RoundStatus.FAILED, RoundStatus.CANCELLED)
 
 
-class TrainingRound(models.Model):
-    """One run of Algorithm 1. Its status changes only through training.services."""
+class TrainingRound(JobLifecycle):
+    """One run of Algorithm 1. Its status changes only through training.services.
+
+    Its stages are claimed like any background job (``jobs.services``): ``claimed_by``/``heartbeat_at``
+    name the worker holding the current stage, ``attempts`` counts claims of that stage, ``error`` is the
+    reason a round failed.
+    """
 
     status = models.CharField(max_length=20, choices=RoundStatus.choices, default=RoundStatus.QUEUED)
     categories = models.ManyToManyField("gallery.Category", related_name="training_rounds")
@@ -43,20 +50,11 @@ class TrainingRound(models.Model):
     progress = models.JSONField(default=dict, blank=True)
     # What each iteration produced, keyed by iteration: checkpoints, generator, pushed ranking tasks.
     outputs = models.JSONField(default=dict, blank=True)
-    failure_reason = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
-    # Which worker holds the current stage, and when it last said it is alive.
-    claimed_by = models.CharField(max_length=200, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    # Set by the periodic heartbeat check when a claimed stage stopped reporting (its worker died).
+    # Set by the reconciler when a claimed stage stopped reporting and is not re-sent on its own
+    # (ROUND_AUTO_RESUME_ATTEMPTS): the round waits for an admin to resume or cancel it.
     is_stale = models.BooleanField(default=False)
-    # When the current stage was last handed to the broker; the reconciler re-sends what Redis lost.
-    enqueued_at = models.DateTimeField(null=True, blank=True)
-    stage_attempts = models.PositiveSmallIntegerField(default=0)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -26,10 +24,6 @@ logger = logging.getLogger(__name__)
 
 class StageStopped(Exception):  # noqa: N818 - a request to stop, not an error
     """Raised inside a stage when the round was cancelled (or its claim lost) between steps."""
-
-
-def worker_identity(delivery_id: str | None) -> str:
-    return f"{socket.gethostname()}/{os.getpid()}/{delivery_id or '-'}"
 
 
 @dataclass

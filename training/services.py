@@ -3,21 +3,26 @@
 queued → training_rewards → feedback_learning → sampling → inserting → awaiting_ranking → (next iteration's
 training_rewards | done), or failed (with the reason) / cancelled from any live state.
 
-Every worker-side change is a conditional UPDATE that must touch exactly one row: a stage is claimed only
-while it is the round's current stage and nobody live holds it, and only its holder may finish it. A
-redelivered or duplicated Celery message therefore finds nothing to claim and does nothing.
+A round's stages are background jobs of the kind ``ROUND_JOBS`` (``jobs.services``): a stage is claimed
+only while it is the round's current stage and nobody holds it, and only its holder may finish it, so a
+redelivered or duplicated Celery message finds nothing to claim and does nothing. The shared reconciler
+re-sends stages the broker lost and notices a holder that stopped heart-beating: it hands the stage to a
+new worker while the stage has been claimed at most ROUND_AUTO_RESUME_ATTEMPTS times, and otherwise marks
+the round stale for an admin to resume or cancel.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Q
 from django.utils import timezone
 
 from gallery.models import Category, Generator
+from jobs.registry import JobKind
+from jobs.services import job_claim, job_enqueue, job_fail, job_heartbeat, job_release
 from training.models import TERMINAL_STATUSES, EventKind, RoundEvent, RoundStatus, TrainingRound
 
 # Stages a worker executes, in order; awaiting_ranking waits for people.
@@ -49,13 +54,49 @@ class StageTicket:
     iteration: int
 
 
-def _enqueue(ticket: StageTicket) -> None:
-    from training.tasks import round_run_stage
+def _stage_message(training_round: TrainingRound) -> tuple[int, str, int]:
+    """The ticket of the round's current stage, as ``training.round_run_stage`` takes it."""
+    stage = training_round.status
+    if stage == RoundStatus.QUEUED:
+        stage = RoundStatus.TRAINING_REWARDS
+    return (training_round.pk, str(stage), training_round.current_iteration)
 
-    TrainingRound.objects.filter(pk=ticket.round_id).update(enqueued_at=timezone.now())
-    transaction.on_commit(
-        lambda: round_run_stage.apply_async(args=[ticket.round_id, ticket.stage, ticket.iteration])
-    )
+
+def _hand_back(training_round: TrainingRound) -> None:
+    """A lost stage goes to a new worker (it continues from the last checkpoint), unless it was cancelled."""
+    if training_round.cancel_requested:
+        _mark_cancelled(training_round)
+        return
+    job_release(ROUND_JOBS, pk=training_round.pk, is_stale=False)
+    training_round.refresh_from_db()
+    job_enqueue(ROUND_JOBS, job=training_round)
+
+
+def _mark_stale(training_round: TrainingRound, reason: str) -> None:
+    # The claim stays: a worker that was only slow keeps its stage until someone resumes the round.
+    TrainingRound.objects.filter(pk=training_round.pk).update(is_stale=True)
+
+
+def _note(round_id: int, message: str) -> None:
+    _event(TrainingRound.objects.get(pk=round_id), message)
+
+
+ROUND_JOBS = JobKind(
+    name="training_round",
+    model=TrainingRound,
+    task="training.round_run_stage",
+    task_args=_stage_message,
+    stale_after_s=lambda: settings.ROUND_STALE_AFTER_S,
+    max_losses=lambda: settings.ROUND_AUTO_RESUME_ATTEMPTS + 1,
+    waiting=Q(status__in=[RoundStatus.QUEUED, *WORKER_STAGES], claimed_by="", cancel_requested=False),
+    held=Q(status__in=WORKER_STAGES) & ~Q(claimed_by=""),
+    claimed_status=None,
+    reclaim_stale=False,
+    resend_lost=_hand_back,
+    give_up=_mark_stale,
+    given_up=Q(is_stale=True),
+    note=_note,
+)
 
 
 def _event(
@@ -102,48 +143,36 @@ def round_create(
     )
     training_round.categories.set(locked)
     _event(training_round, f"queued by {created_by}", stage=RoundStatus.QUEUED)
-    _enqueue(StageTicket(training_round.pk, RoundStatus.TRAINING_REWARDS, 0))
+    job_enqueue(ROUND_JOBS, job=training_round)
     return training_round
 
 
 @transaction.atomic
 def round_claim_stage(*, ticket: StageTicket, worker: str) -> TrainingRound | None:
     """Take the ticket's stage for `worker`, or return None when it is not this worker's to run."""
-    now = timezone.now()
     expected = [ticket.stage]
     if ticket.stage == RoundStatus.TRAINING_REWARDS and ticket.iteration == 0:
         expected.append(RoundStatus.QUEUED)
-    updated = TrainingRound.objects.filter(
+    claimed = job_claim(
+        ROUND_JOBS,
         pk=ticket.round_id,
-        status__in=expected,
-        current_iteration=ticket.iteration,
-        claimed_by="",
-        cancel_requested=False,
-    ).update(
+        worker=worker,
+        where=Q(status__in=expected, current_iteration=ticket.iteration),
         status=ticket.stage,
-        claimed_by=worker,
-        heartbeat_at=now,
         is_stale=False,
-        stage_attempts=F("stage_attempts") + 1,
-        started_at=Case(When(started_at__isnull=True, then=Value(now)), default=F("started_at")),
     )
-    if updated != 1:
+    if not claimed:
         return None
     training_round = TrainingRound.objects.get(pk=ticket.round_id)
-    _event(training_round, f"{ticket.stage} started on {worker} (attempt {training_round.stage_attempts})")
+    _event(training_round, f"{ticket.stage} started on {worker} (attempt {training_round.attempts})")
     return training_round
 
 
 @transaction.atomic
 def round_heartbeat(*, round_id: int, worker: str, progress: dict | None = None) -> bool:
     """Record liveness (and progress); False tells the stage to stop: cancelled, or no longer its claim."""
-    fields: dict[str, object] = {"heartbeat_at": timezone.now()}
-    if progress is not None:
-        fields["progress"] = progress
-    updated = TrainingRound.objects.filter(pk=round_id, claimed_by=worker, cancel_requested=False).update(
-        **fields
-    )
-    return updated == 1
+    changes = {} if progress is None else {"progress": progress}
+    return job_heartbeat(ROUND_JOBS, pk=round_id, worker=worker, where=Q(cancel_requested=False), **changes)
 
 
 @transaction.atomic
@@ -167,15 +196,22 @@ def round_log(*, round_id: int, message: str, data: dict | None = None) -> None:
 def round_complete_stage(*, ticket: StageTicket, worker: str) -> TrainingRound:
     """The holder finished its stage: move on and hand the next stage to the broker."""
     next_status = NEXT_STATUS[RoundStatus(ticket.stage)]
-    updated = TrainingRound.objects.filter(
-        pk=ticket.round_id, status=ticket.stage, current_iteration=ticket.iteration, claimed_by=worker
-    ).update(status=next_status, claimed_by="", heartbeat_at=None, stage_attempts=0, progress={})
-    if updated != 1:
+    released = job_release(
+        ROUND_JOBS,
+        pk=ticket.round_id,
+        worker=worker,
+        where=Q(status=ticket.stage, current_iteration=ticket.iteration),
+        status=next_status,
+        attempts=0,
+        progress={},
+        is_stale=False,
+    )
+    if not released:
         raise RoundError(f"round {ticket.round_id} is no longer at {ticket.stage} for {worker}")
     training_round = TrainingRound.objects.get(pk=ticket.round_id)
     _event(training_round, f"{ticket.stage} finished", stage=ticket.stage)
     if next_status in WORKER_STAGES:
-        _enqueue(StageTicket(training_round.pk, next_status, training_round.current_iteration))
+        job_enqueue(ROUND_JOBS, job=training_round)
     return training_round
 
 
@@ -190,9 +226,7 @@ def round_finish_ranking(*, round_id: int) -> TrainingRound:
         training_round.status = RoundStatus.TRAINING_REWARDS
         training_round.save(update_fields=["current_iteration", "status"])
         _event(training_round, f"iteration {training_round.current_iteration} begins")
-        _enqueue(
-            StageTicket(training_round.pk, RoundStatus.TRAINING_REWARDS, training_round.current_iteration)
-        )
+        job_enqueue(ROUND_JOBS, job=training_round)
     else:
         training_round.status = RoundStatus.DONE
         training_round.finished_at = timezone.now()
@@ -203,13 +237,15 @@ def round_finish_ranking(*, round_id: int) -> TrainingRound:
 
 @transaction.atomic
 def round_fail(*, round_id: int, reason: str, worker: str | None = None) -> None:
-    lookup = Q(pk=round_id, status__in=LIVE_STATUSES)
-    if worker is not None:
-        lookup &= Q(claimed_by=worker)
-    updated = TrainingRound.objects.filter(lookup).update(
-        status=RoundStatus.FAILED, failure_reason=reason[:5000], claimed_by="", finished_at=timezone.now()
+    failed = job_fail(
+        ROUND_JOBS,
+        pk=round_id,
+        reason=reason,
+        worker=worker,
+        where=Q(status__in=LIVE_STATUSES),
+        claimed_by="",
     )
-    if updated == 1:
+    if failed:
         _event(TrainingRound.objects.get(pk=round_id), f"failed: {reason[:500]}")
 
 
@@ -246,80 +282,16 @@ def round_stop_cancelled(*, round_id: int, worker: str) -> None:
 
 
 @transaction.atomic
-def round_mark_stale(*, after: timedelta) -> list[int]:
-    """Periodic check: a claimed stage whose heartbeat stopped has lost its worker."""
-    cutoff = timezone.now() - after
-    ids = list(
-        TrainingRound.objects.filter(status__in=WORKER_STAGES, is_stale=False, heartbeat_at__lt=cutoff)
-        .exclude(claimed_by="")
-        .values_list("pk", flat=True)
-    )
-    for training_round in TrainingRound.objects.filter(pk__in=ids):
-        training_round.is_stale = True
-        training_round.save(update_fields=["is_stale"])
-        _event(
-            training_round,
-            f"stale: no heartbeat from {training_round.claimed_by} since {training_round.heartbeat_at:%H:%M:%S}",
-        )
-    return ids
-
-
-@transaction.atomic
 def round_resume(*, round_id: int) -> TrainingRound:
     """Hand a stale round's stage to a new worker; it continues from the last checkpoint."""
     training_round = TrainingRound.objects.select_for_update().get(pk=round_id)
     if not training_round.is_stale:
         raise RoundError("Only a stale round can be resumed (its worker stopped sending heartbeats).")
-    if training_round.cancel_requested:
-        _mark_cancelled(training_round)
-        return training_round
-    training_round.is_stale = False
-    training_round.claimed_by = ""
-    training_round.heartbeat_at = None
-    training_round.save(update_fields=["is_stale", "claimed_by", "heartbeat_at"])
-    _event(training_round, "resumed")
-    _enqueue(StageTicket(training_round.pk, training_round.status, training_round.current_iteration))
+    if not training_round.cancel_requested:
+        _event(training_round, "resumed")
+    _hand_back(training_round)
+    training_round.refresh_from_db()
     return training_round
-
-
-@transaction.atomic
-def round_reconcile(*, after: timedelta) -> list[int]:
-    """Re-send stages the broker lost (Redis keeps nothing on disk): unclaimed and not taken for `after`."""
-    cutoff = timezone.now() - after
-    waiting = TrainingRound.objects.filter(
-        Q(status__in=WORKER_STAGES) | Q(status=RoundStatus.QUEUED),
-        claimed_by="",
-        cancel_requested=False,
-    ).filter(Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True))
-    ids = []
-    for training_round in waiting.select_for_update(skip_locked=True):
-        stage = (
-            RoundStatus.TRAINING_REWARDS
-            if training_round.status == RoundStatus.QUEUED
-            else training_round.status
-        )
-        _event(training_round, "re-sent to the broker by the reconciler")
-        _enqueue(StageTicket(training_round.pk, stage, training_round.current_iteration))
-        ids.append(training_round.pk)
-    return ids
-
-
-@transaction.atomic
-def round_auto_resume() -> list[int]:
-    """Retry policy: resume stale rounds whose stage has been tried fewer than the configured times."""
-    from django.conf import settings
-
-    limit = settings.ROUND_AUTO_RESUME_ATTEMPTS
-    if limit == 0:
-        return []
-    ids = list(
-        TrainingRound.objects.filter(
-            is_stale=True, stage_attempts__lte=limit, status__in=WORKER_STAGES
-        ).values_list("pk", flat=True)
-    )
-    for round_id in ids:
-        round_resume(round_id=round_id)
-    return ids
 
 
 @transaction.atomic

@@ -15,7 +15,6 @@ as an :class:`ExportJob` in a worker and the result is downloaded from storage.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
@@ -27,13 +26,14 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F, Q
-from django.utils import timezone
 
 from annotation.exporters import pairs
 from annotation.exporters.filters import ExportFilters, FilterError
-from annotation.models import ExportJob, JobStatus
+from annotation.models import ExportJob
 from annotation.roles import is_researcher
+from jobs.models import JobStatus
+from jobs.registry import JobKind
+from jobs.services import job_claim, job_enqueue, job_fail, job_finish, job_heartbeat, worker_identity
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +234,18 @@ def spec_of(job: ExportJob) -> ExportSpec:
     return ExportSpec.parse(job.kind, job.format, job.filters)
 
 
+def _export_stale_after_s() -> int:
+    # A run older than the default queue's hard time limit was killed, so a silent export is a dead one.
+    return settings.CELERY_DEFAULT_SOFT_TIME_LIMIT_S + 60
+
+
+# Exports are claimed, heart-beaten (at every progress update) and reconciled by jobs.services; a job
+# whose worker died 3 times (jobs.registry.DEFAULT_MAX_LOSSES) is failed with the reason.
+EXPORT_JOBS = JobKind(
+    name="export", model=ExportJob, task="annotation.export_run", stale_after_s=_export_stale_after_s
+)
+
+
 @transaction.atomic
 def export_job_create(*, requested_by, spec: ExportSpec) -> ExportJob:
     """Record an export job and hand it to a worker once this transaction commits."""
@@ -242,121 +254,43 @@ def export_job_create(*, requested_by, spec: ExportSpec) -> ExportJob:
     job = ExportJob.objects.create(
         requested_by=requested_by, kind=spec.kind, format=spec.format, filters=spec.filters.to_json()
     )
-    from annotation.tasks import export_run
-
-    transaction.on_commit(lambda: export_run.delay(job_id=job.pk))
+    job_enqueue(EXPORT_JOBS, job=job)
     return job
 
 
-def _stale_before():
-    # A run older than the default queue's hard time limit was killed; its job may be claimed again.
-    limit = settings.CELERY_DEFAULT_SOFT_TIME_LIMIT_S + 60
-    return timezone.now() - dt.timedelta(seconds=limit)
-
-
-@transaction.atomic
-def export_job_claim(*, job_id: int) -> bool:
-    """Claim a queued (or abandoned) job; exactly one worker wins, a redelivered duplicate gets False."""
-    claimed = (
-        ExportJob.objects.filter(pk=job_id)
-        .filter(Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, started_at__lt=_stale_before()))
-        .update(
-            status=JobStatus.RUNNING,
-            started_at=timezone.now(),
-            attempts=F("attempts") + 1,
-            rows_done=0,
-            error="",
-        )
-    )
-    return claimed == 1
-
-
-@transaction.atomic
-def export_job_progress(*, job_id: int, rows_done: int, rows_total: int | None = None) -> None:
-    fields: dict[str, object] = {"rows_done": rows_done}
-    if rows_total is not None:
-        fields["rows_total"] = rows_total
-    ExportJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(**fields)
-
-
-@transaction.atomic
-def export_job_finish(*, job_id: int, file_name: str, rows: int) -> None:
-    ExportJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-        status=JobStatus.DONE, file=file_name, rows_done=rows, rows_total=rows, finished_at=timezone.now()
-    )
-
-
-@transaction.atomic
-def export_job_fail(*, job_id: int, error: str) -> None:
-    ExportJob.objects.filter(pk=job_id, status=JobStatus.RUNNING).update(
-        status=JobStatus.FAILED, error=error[:2000], finished_at=timezone.now()
-    )
-
-
-def export_job_run(*, job_id: int) -> str:
-    """Run a claimed job: count, write the file with progress, store it, mark the job done.
+def export_job_run(*, job_id: int, worker: str | None = None) -> str:
+    """Claim and run a job: count, write the file with progress, store it, mark the job done.
 
     Deliberately not one transaction: the progress updates must be visible to the polling page while the
-    file is being written, and a long transaction would hold a snapshot for nothing.
+    file is being written, and a long transaction would hold a snapshot for nothing. A duplicated or
+    redelivered message finds nothing to claim.
     """
-    if not export_job_claim(job_id=job_id):
+    worker = worker or worker_identity(None)
+    if not job_claim(EXPORT_JOBS, pk=job_id, worker=worker, rows_done=0):
         return "not claimed"
     job = ExportJob.objects.get(pk=job_id)
     try:
         spec = spec_of(job)
         total = export_count(spec)
-        export_job_progress(job_id=job_id, rows_done=0, rows_total=total)
+        job_heartbeat(EXPORT_JOBS, pk=job_id, worker=worker, rows_done=0, rows_total=total)
         done = {"rows": 0}
 
         def progress(n: int) -> None:
             done["rows"] = n
-            export_job_progress(job_id=job_id, rows_done=n)
+            job_heartbeat(EXPORT_JOBS, pk=job_id, worker=worker, rows_done=n)
 
         with export_to_tempfile(spec, progress) as out:
             name = default_storage.save(
                 f"exports/{job.pk}/{spec.filename(f'{spec.kind}-{job.pk}')}", File(out)
             )
-        export_job_finish(job_id=job_id, file_name=name, rows=done["rows"] or total)
+        rows = done["rows"] or total
+        if not job_finish(EXPORT_JOBS, pk=job_id, worker=worker, file=name, rows_done=rows, rows_total=rows):
+            return "lost-claim"
         return JobStatus.DONE
     except Exception as exc:  # a failed export must show as failed, not stay "running" forever
         logger.exception("export job %s failed", job_id)
-        export_job_fail(job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+        job_fail(EXPORT_JOBS, pk=job_id, worker=worker, reason=f"{type(exc).__name__}: {exc}")
         return JobStatus.FAILED
-
-
-# Claims of one job beyond this (each one a worker that died holding it) fail the job with the reason.
-EXPORT_MAX_ATTEMPTS = 3
-
-
-@transaction.atomic
-def export_jobs_reconcile(*, after: dt.timedelta) -> dict[str, list[int]]:
-    """The database is the source of truth for jobs; Redis keeps nothing on disk.
-
-    Re-sends jobs queued for longer than ``after`` (their message may have been lost with a broker restart)
-    and jobs whose worker died while running them (running past the hard time limit). A job already claimed
-    that many times is failed with its reason instead of being tried forever. A duplicate message is harmless:
-    ``export_job_claim`` lets exactly one delivery run.
-    """
-    from annotation.tasks import export_run
-
-    lost = Q(status=JobStatus.QUEUED, created_at__lt=timezone.now() - after)
-    abandoned = Q(status=JobStatus.RUNNING, started_at__lt=_stale_before())
-    resent: list[int] = []
-    failed: list[int] = []
-    for job in ExportJob.objects.filter(lost | abandoned).select_for_update(skip_locked=True).order_by("pk"):
-        if job.status == JobStatus.RUNNING and job.attempts >= EXPORT_MAX_ATTEMPTS:
-            ExportJob.objects.filter(pk=job.pk).update(
-                status=JobStatus.FAILED,
-                error=f"worker lost: the export was started {job.attempts} times and never finished",
-                finished_at=timezone.now(),
-            )
-            failed.append(job.pk)
-            continue
-        transaction.on_commit(lambda pk=job.pk: export_run.delay(job_id=pk))
-        resent.append(job.pk)
-    if resent or failed:
-        logger.warning("export reconciler: re-sent %s, failed %s", resent, failed)
-    return {"resent": resent, "failed": failed}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Generation jobs: a generator draws images for prompts on a `gpu` worker, pipeline loaded once per job.
 
-The web side creates a job and enqueues it after commit; the worker claims it with a conditional update
-that must touch exactly one row (a duplicated or redelivered message finds nothing to claim), loads the
-pipeline once, draws the images in batches and registers each through ``image_register`` — the same
-validation and content-addressed storage as imported images. A job that is run again after a crash skips
-the images it already registered (same job, prompt and seed).
+The web side creates a job and enqueues it after commit; the worker claims it through ``jobs.services``
+(a conditional update that must touch exactly one row, so a duplicated or redelivered message finds nothing
+to claim), loads the pipeline once, draws the images in batches, heart-beating after each, and registers
+each image through ``image_register`` — the same validation and content-addressed storage as imported
+images. A job that is run again after a crash skips the images it already registered (same job, prompt and
+seed). The beat reconciler (``jobs.reconcile``) re-sends a job whose message Redis lost or whose worker
+went silent, and fails it with the reason after its third lost worker.
 """
 
 from __future__ import annotations
@@ -12,18 +14,18 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
-from django.db.models.functions import Coalesce
-from django.utils import timezone
+from django.db.models import F
 
-from gallery.models import GenerationJob, Generator, JobStatus, Prompt
+from gallery.models import GenerationJob, Generator, Prompt
 from gallery.services.generators import SUPPORTED_PIPELINES
 from gallery.services.images import image_register
+from jobs.models import JobStatus
+from jobs.registry import JobKind
+from jobs.services import job_claim, job_enqueue, job_fail, job_finish, job_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -105,37 +107,22 @@ def generation_job_create(
         created_by=created_by,
     )
     job.prompts.set(prompts)
-    transaction.on_commit(lambda: _enqueue(job.pk))
+    job_enqueue(GENERATION_JOBS, job=job)
     return job
 
 
-def _enqueue(job_id: int) -> None:
-    from gallery.tasks import generate_images
-
-    generate_images.delay(job_id)
-
-
-def generation_job_claim(*, job_id: int, worker: str) -> GenerationJob | None:
-    """Take the job if it is queued, or running under a worker that stopped heart-beating."""
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.CELERY_VISIBILITY_TIMEOUT_S)
-    claimed = GenerationJob.objects.filter(
-        Q(status=JobStatus.QUEUED) | Q(status=JobStatus.RUNNING, heartbeat_at__lt=stale), pk=job_id
-    ).update(
-        status=JobStatus.RUNNING,
-        claimed_by=worker,
-        heartbeat_at=now,
-        started_at=Coalesce(F("started_at"), now),
-        error="",
-    )
-    return GenerationJob.objects.select_related("generator").get(pk=job_id) if claimed == 1 else None
+def _generation_stale_after_s() -> int:
+    # Redis hands an unacknowledged message to another worker after this long; by then the holder's
+    # heartbeat (one per batch) is either fresh or its worker is gone.
+    return settings.CELERY_VISIBILITY_TIMEOUT_S
 
 
-def _still_mine(job: GenerationJob, worker: str, **changes: Any) -> bool:
-    return (
-        GenerationJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING, claimed_by=worker).update(**changes)
-        == 1
-    )
+GENERATION_JOBS = JobKind(
+    name="generation",
+    model=GenerationJob,
+    task="gallery.generate_images",
+    stale_after_s=_generation_stale_after_s,
+)
 
 
 def seed_for(job: GenerationJob, prompt_index: int, k: int) -> int:
@@ -145,22 +132,16 @@ def seed_for(job: GenerationJob, prompt_index: int, k: int) -> int:
 
 def generation_job_run(*, job_id: int, worker: str) -> str:
     """Claim and run the job on this worker. Returns its final status (or "not-claimed")."""
-    job = generation_job_claim(job_id=job_id, worker=worker)
-    if job is None:
+    if not job_claim(GENERATION_JOBS, pk=job_id, worker=worker):
         return "not-claimed"
+    job = GenerationJob.objects.select_related("generator").get(pk=job_id)
     try:
         done = _run(job, worker)
     except Exception as exc:
         log.exception("generation job %s failed", job.pk)
-        _still_mine(
-            job,
-            worker,
-            status=JobStatus.FAILED,
-            error=f"{type(exc).__name__}: {exc}",
-            finished_at=timezone.now(),
-        )
+        job_fail(GENERATION_JOBS, pk=job.pk, worker=worker, reason=f"{type(exc).__name__}: {exc}")
         return JobStatus.FAILED
-    if _still_mine(job, worker, status=JobStatus.DONE, images_done=done, finished_at=timezone.now()):
+    if job_finish(GENERATION_JOBS, pk=job.pk, worker=worker, images_done=done):
         return JobStatus.DONE
     return "lost-claim"
 
@@ -221,6 +202,6 @@ def _run(job: GenerationJob, worker: str) -> int:
                 iteration=job.iteration,
             )
         done += len(batch)
-        if not _still_mine(job, worker, images_done=done, heartbeat_at=timezone.now()):
+        if not job_heartbeat(GENERATION_JOBS, pk=job.pk, worker=worker, images_done=done):
             raise RuntimeError("the job was taken over by another worker")
     return done

@@ -12,8 +12,9 @@ import pytest
 from django.core.files.storage import default_storage
 
 from annotation.exporters.filters import ExportFilters
-from annotation.models import ExportJob, JobStatus
+from annotation.models import ExportJob
 from annotation.services.export import ExportSpec, export_job_create, export_job_run
+from jobs.models import JobStatus
 
 
 def _body(response) -> bytes:

@@ -12,10 +12,11 @@ from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 
 from gallery import pipelines
-from gallery.models import Category, GenerationJob, Generator, Image, JobStatus
+from gallery.models import Category, GenerationJob, Generator, Image
 from gallery.services.generation import GenerationRefused, generation_job_create, generation_job_run
 from gallery.services.generators import generator_register
 from gallery.services.prompts import prompt_ensure
+from jobs.models import JobStatus
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "tokenizers" / "clip"
 PARAMS = {"steps": 2, "guidance": 5.0, "seed": 10, "batch_size": 4}

@@ -1,11 +1,11 @@
 """Faults around the broker and the workers: the database is the source of truth.
 
 * Redis (no persistence) restarted while a round and an export are queued: their messages are gone, the
-  reconciler beat task (training.reconcile_queued_work) sends them again from the rows, and a worker on
-  the restarted broker finishes the export.
-* A worker killed (SIGKILL, process group) in the middle of an export: the job stays "running" until it is
-  past the hard time limit, then the reconciler re-sends it and a new worker claims it again and finishes;
-  a job whose workers keep dying is failed with the reason.
+  reconciler beat task (jobs.reconcile) sends them again from the rows, and a worker on the restarted
+  broker finishes the export.
+* A worker killed (SIGKILL, process group) in the middle of an export: the job stays "running" until its
+  heartbeat is older than the hard time limit, then the reconciler re-sends it and a new worker claims it
+  again and finishes; a job whose workers keep dying is failed with the reason.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from annotation.models import ExportJob, JobStatus, PreferencePair
-from annotation.services.export import (
-    EXPORT_MAX_ATTEMPTS,
-    ExportSpec,
-    export_job_create,
-    export_jobs_reconcile,
-)
+from annotation.models import ExportJob, PreferencePair
+from annotation.services.export import EXPORT_JOBS, ExportSpec, export_job_create
+from jobs.models import JobStatus
+from jobs.services import job_kind_reconcile
 from tests.conftest import ROOT, WorkerProcess
 from tests.reliability.servers import EmbeddedRedis
 from training.models import TrainingRound
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+NOTHING = {"resent": [], "lost": [], "given_up": []}
+RECONCILE = "from jobs.tasks import reconcile; print(json.dumps(reconcile()))"
 
 
 def _aged(model, pk: int, **fields_ago: dt.timedelta) -> None:
@@ -68,18 +68,14 @@ print(json.dumps({{"job": job.pk, "round": rnd.pk}}))
         assert ExportJob.objects.get(pk=ids["job"]).status == JobStatus.QUEUED
 
         # Not yet overdue: a job may simply be waiting behind others, so nothing is re-sent.
-        assert django_script(
-            "from training.tasks import reconcile_queued_work; print(json.dumps(reconcile_queued_work()))",
-            CELERY_BROKER_URL=redis.url,
-        ) == {"rounds": [], "exports": [], "exports_failed": []}
+        result = django_script(RECONCILE, CELERY_BROKER_URL=redis.url)
+        assert result["export"] == result["training_round"] == NOTHING
 
-        _aged(ExportJob, ids["job"], created_at=dt.timedelta(hours=1))
+        _aged(ExportJob, ids["job"], enqueued_at=dt.timedelta(hours=1))
         _aged(TrainingRound, ids["round"], enqueued_at=dt.timedelta(hours=1))
-        result = django_script(
-            "from training.tasks import reconcile_queued_work; print(json.dumps(reconcile_queued_work()))",
-            CELERY_BROKER_URL=redis.url,
-        )
-        assert result == {"rounds": [ids["round"]], "exports": [ids["job"]], "exports_failed": []}
+        result = django_script(RECONCILE, CELERY_BROKER_URL=redis.url)
+        assert result["export"] == {**NOTHING, "resent": [ids["job"]]}
+        assert result["training_round"] == {**NOTHING, "resent": [ids["round"]]}
         assert redis.queued(prefix + "default") == 1 and redis.queued(prefix + "gpu") == 1
 
         worker = WorkerProcess(
@@ -132,11 +128,11 @@ def test_worker_killed_mid_export_is_retried_by_the_reconciler(make_user, celery
         job.refresh_from_db()
         assert (job.status, job.attempts) == (JobStatus.RUNNING, 1)
         # Within the hard time limit a "running" job may still be alive: left alone.
-        assert export_jobs_reconcile(after=dt.timedelta(minutes=5)) == {"resent": [], "failed": []}
+        assert job_kind_reconcile(EXPORT_JOBS) == NOTHING
     finally:
         celery_worker_process.start()
-    _aged(ExportJob, job.pk, started_at=dt.timedelta(hours=1))
-    assert export_jobs_reconcile(after=dt.timedelta(minutes=5)) == {"resent": [job.pk], "failed": []}
+    _aged(ExportJob, job.pk, heartbeat_at=dt.timedelta(hours=1))
+    assert job_kind_reconcile(EXPORT_JOBS) == {**NOTHING, "resent": [job.pk], "lost": [job.pk]}
     job = wait_for(
         lambda: ExportJob.objects.filter(pk=job.pk, status=JobStatus.DONE).first(),
         timeout=60,
@@ -152,10 +148,13 @@ def test_an_export_whose_workers_keep_dying_is_failed_with_the_reason(make_user)
         kind="pairs",
         format="parquet",
         status=JobStatus.RUNNING,
-        attempts=EXPORT_MAX_ATTEMPTS,
+        claimed_by="gone/1/x",
+        attempts=EXPORT_JOBS.max_losses(),
+        enqueued_at=timezone.now(),
         started_at=timezone.now() - dt.timedelta(hours=1),
+        heartbeat_at=timezone.now() - dt.timedelta(hours=1),
     )
-    assert export_jobs_reconcile(after=dt.timedelta(minutes=5)) == {"resent": [], "failed": [job.pk]}
+    assert job_kind_reconcile(EXPORT_JOBS) == {**NOTHING, "lost": [job.pk], "given_up": [job.pk]}
     job.refresh_from_db()
-    assert job.status == JobStatus.FAILED
-    assert "worker lost" in job.error and str(EXPORT_MAX_ATTEMPTS) in job.error
+    assert job.status == JobStatus.FAILED and job.finished_at
+    assert "worker lost: claimed 3 times" in job.error and "gone/1/x" in job.error

@@ -14,7 +14,8 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 
-from annotation.models import ExportJob, JobStatus
+from annotation.models import ExportJob
+from jobs.models import JobStatus
 from tests.consensus import factories as f
 
 ROLES = ("anonymous", "annotator", "researcher", "admin")

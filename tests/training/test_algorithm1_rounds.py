@@ -199,7 +199,7 @@ def test_a_two_iteration_round_trains_its_second_iteration_on_top_of_the_first(
     def second_iteration_done():
         r = TrainingRound.objects.get(pk=training_round.pk)
         if r.status == RoundStatus.FAILED:
-            raise AssertionError(f"round failed: {r.failure_reason}")
+            raise AssertionError(f"round failed: {r.error}")
         done = r.current_iteration == 1 and r.status in (RoundStatus.AWAITING_RANKING, RoundStatus.DONE)
         return r if done else None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import timedelta
 
 import pytest
 from django.core.files.storage import default_storage
@@ -13,8 +12,9 @@ from django.core.files.storage import default_storage
 from annotation.models import PairSource, PreferencePair, RankingTask, TaskStatus
 from annotation.services.claims import task_claim_next
 from gallery.models import Category, Generator, Image
+from jobs.services import job_kind_reconcile
 from training.models import DiffusionCheckpoint, RewardModelCheckpoint, RoundStatus, TrainingRound
-from training.services import round_check_awaiting, round_mark_stale
+from training.services import ROUND_JOBS, round_check_awaiting
 from training.world import world_gallery_seed, world_rankings_simulate
 
 pytestmark = [
@@ -63,7 +63,7 @@ def _wait_status(wait_for, round_id: int, statuses: set[str], timeout: float = 2
     def reached():
         r = TrainingRound.objects.get(pk=round_id)
         if r.status == RoundStatus.FAILED and RoundStatus.FAILED not in statuses:
-            raise AssertionError(f"round failed: {r.failure_reason}")
+            raise AssertionError(f"round failed: {r.error}")
         return r if r.status in statuses else None
 
     return wait_for(reached, timeout=timeout, interval=0.5, message=f"round {round_id} to reach {statuses}")
@@ -134,7 +134,7 @@ def test_an_admin_round_trains_samples_pushes_back_and_exports_pairs_of_both_sou
 
 
 def test_a_killed_worker_leaves_a_stale_round_that_resumes_and_finishes(
-    celery_worker_process, client, make_user, wait_for, ranked_world
+    celery_worker_process, client, make_user, wait_for, ranked_world, settings
 ):
     client.force_login(make_user("admin"))
     training_round = _start_round(client, feedback_steps=400)
@@ -147,7 +147,8 @@ def test_a_killed_worker_leaves_a_stale_round_that_resumes_and_finishes(
     celery_worker_process.kill()
     try:
         time.sleep(2.5)
-        assert round_mark_stale(after=timedelta(seconds=2)) == [training_round.pk]
+        settings.ROUND_STALE_AFTER_S = 2
+        assert job_kind_reconcile(ROUND_JOBS)["given_up"] == [training_round.pk]
         page = client.get(f"/training/rounds/{training_round.pk}/")
         assert b"stale" in page.content
         # The finished stage's checkpoint was registered whole; nothing half-written is named by a row.

@@ -6,9 +6,11 @@ import pytest
 from django.utils import timezone
 
 from gallery.models import Category
+from jobs.services import job_kind_reconcile
 from training.models import RoundStatus, TrainingRound
 from training.runner import StageStopped, run_stage
 from training.services import (
+    ROUND_JOBS,
     RoundError,
     StageTicket,
     round_cancel,
@@ -17,8 +19,6 @@ from training.services import (
     round_create,
     round_finish_ranking,
     round_heartbeat,
-    round_mark_stale,
-    round_reconcile,
     round_resume,
 )
 
@@ -134,7 +134,7 @@ def test_a_failing_stage_fails_the_round_with_the_reason(new_round):
     )
     r.refresh_from_db()
     assert r.status == RoundStatus.FAILED
-    assert "ValueError: reward model config mismatch" in r.failure_reason
+    assert "ValueError: reward model config mismatch" in r.error
 
 
 def test_a_silent_worker_makes_the_round_stale_and_resume_hands_the_stage_to_another(new_round):
@@ -142,8 +142,10 @@ def test_a_silent_worker_makes_the_round_stale_and_resume_hands_the_stage_to_ano
     ticket = StageTicket(r.pk, "training_rewards", 0)
     round_claim_stage(ticket=ticket, worker="dead")
     TrainingRound.objects.filter(pk=r.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=10))
-    assert round_mark_stale(after=timedelta(minutes=2)) == [r.pk]
-    assert round_mark_stale(after=timedelta(minutes=2)) == []  # marked once
+    # ROUND_AUTO_RESUME_ATTEMPTS is 0: the lost stage is not re-sent, the round waits for its admin.
+    assert job_kind_reconcile(ROUND_JOBS) == {"resent": [], "lost": [r.pk], "given_up": [r.pk]}
+    assert job_kind_reconcile(ROUND_JOBS)["lost"] == []  # marked once
+    assert TrainingRound.objects.get(pk=r.pk).is_stale
     round_resume(round_id=r.pk)
     assert round_claim_stage(ticket=ticket, worker="alive") is not None
     # The dead worker, should it come back, no longer holds anything.
@@ -161,12 +163,31 @@ def test_a_live_round_cannot_be_resumed(new_round):
 def test_the_reconciler_resends_stages_the_broker_lost(new_round):
     r = new_round()
     TrainingRound.objects.filter(pk=r.pk).update(enqueued_at=timezone.now() - timedelta(minutes=30))
-    assert round_reconcile(after=timedelta(minutes=5)) == [r.pk]
+    assert job_kind_reconcile(ROUND_JOBS)["resent"] == [r.pk]
     # Just re-sent: not again until the delay passes; a claimed round is never re-sent.
-    assert round_reconcile(after=timedelta(minutes=5)) == []
+    assert job_kind_reconcile(ROUND_JOBS)["resent"] == []
     round_claim_stage(ticket=StageTicket(r.pk, "training_rewards", 0), worker="w")
     TrainingRound.objects.filter(pk=r.pk).update(enqueued_at=timezone.now() - timedelta(minutes=30))
-    assert round_reconcile(after=timedelta(minutes=5)) == []
+    assert job_kind_reconcile(ROUND_JOBS)["resent"] == []
+
+
+def test_with_auto_resume_a_lost_stage_goes_to_a_new_worker_until_its_attempts_run_out(new_round, settings):
+    settings.ROUND_AUTO_RESUME_ATTEMPTS = 1
+    r = new_round()
+    ticket = StageTicket(r.pk, "training_rewards", 0)
+    silent = {"heartbeat_at": timezone.now() - timedelta(minutes=10)}
+    round_claim_stage(ticket=ticket, worker="dead-1")
+    TrainingRound.objects.filter(pk=r.pk).update(**silent)
+    assert job_kind_reconcile(ROUND_JOBS) == {"resent": [r.pk], "lost": [r.pk], "given_up": []}
+    r.refresh_from_db()
+    assert (r.claimed_by, r.is_stale, r.status) == ("", False, RoundStatus.TRAINING_REWARDS)
+    assert round_heartbeat(round_id=r.pk, worker="dead-1") is False
+    # The second loss of the same stage is one too many: the round waits for its admin.
+    assert round_claim_stage(ticket=ticket, worker="dead-2").attempts == 2
+    TrainingRound.objects.filter(pk=r.pk).update(**silent)
+    assert job_kind_reconcile(ROUND_JOBS) == {"resent": [], "lost": [r.pk], "given_up": [r.pk]}
+    r.refresh_from_db()
+    assert (r.claimed_by, r.is_stale, r.status) == ("dead-2", True, RoundStatus.TRAINING_REWARDS)
 
 
 def test_heartbeat_records_progress_and_reports_cancellation(new_round):
