@@ -482,8 +482,8 @@ def stage_inserting(context: StageContext) -> None:
         ids = [i for group in consensus.ordering for i in group]
         all_images = list(Image.objects.filter(pk__in=ids)) + new_images
         with torch.no_grad():
-            batch = torch.stack([loader(img.file.name, img.sha256) for img in all_images])
-            scores = model.score([prompt.text] * len(all_images), batch).tolist()
+            pictures = [loader(img.file.name, img.sha256) for img in all_images]
+            scores = model.score_images([prompt.text] * len(all_images), pictures).tolist()
         model_pairs_replace(
             prompt=prompt,
             consensus=consensus,
