@@ -261,6 +261,9 @@ def cmd_test(argv: list[str]) -> int:
             "CELERY_QUEUE_PREFIX": f"test{os.getpid()}-",
             "DATABASE_TEST_NAME": f"test_itercomp_{os.getpid()}",
             "MEDIA_ROOT": str(VAR / "test-media" / str(os.getpid())),
+            # Each run's database numbers its rounds from 1 again: a shared cache would hand a new round
+            # the scratch (resumable ReFL and reward runs) of an old one with the same id.
+            "WORKER_CACHE_DIR": str(VAR / "test-cache" / str(os.getpid())),
             "STATIC_ROOT": str(VAR / "test-static"),
         }
         # Tests run with DEBUG off, so templates need the manifest that collectstatic writes.
@@ -269,6 +272,7 @@ def cmd_test(argv: list[str]) -> int:
             result = subprocess.run([sys.executable, "-m", "pytest", *argv], env=env, cwd=ROOT)
         finally:
             shutil.rmtree(env["MEDIA_ROOT"], ignore_errors=True)
+            shutil.rmtree(env["WORKER_CACHE_DIR"], ignore_errors=True)
         return result.returncode
 
 

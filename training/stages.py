@@ -49,11 +49,16 @@ def _config(context: StageContext) -> RoundConfig:
 
 
 def _workdir(context: StageContext, name: str) -> Path:
-    """Local scratch that survives a worker restart on the same machine (ML stages resume from it)."""
+    """Local scratch that survives a worker restart on the same machine (ML stages resume from it).
+
+    Named by id and creation time: a database that was reset numbers its rounds from 1 again, and a new
+    round must never resume an old round's run.
+    """
+    training_round = context.training_round
     path = (
         Path(settings.WORKER_CACHE_DIR)
         / "rounds"
-        / str(context.training_round.pk)
+        / f"{training_round.pk}-{training_round.created_at:%Y%m%dT%H%M%S%f}"
         / f"it{context.iteration}"
         / name
     )
