@@ -207,15 +207,17 @@ def _pixels(images: torch.Tensor) -> np.ndarray:
     return array.astype(np.int16)
 
 
-def _plain_diffusers_pipeline(family: str, base_folder: Path, checkpoint_dir: Path | None):
+def _plain_diffusers_pipeline(
+    family: str, base_folder: Path, checkpoint_dir: Path | None = None, lora: bool = False
+):
     """The base folder loaded by diffusers alone, with the round's checkpoint applied the diffusers way."""
     from diffusers import UNet2DConditionModel
 
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if family == "sd15" else {}
-    if checkpoint_dir is not None and (checkpoint_dir / "unet").is_dir():
+    if checkpoint_dir is not None and not lora:
         kwargs["unet"] = UNet2DConditionModel.from_pretrained(checkpoint_dir, subfolder="unet")
     pipe = _pipeline_class(family).from_pretrained(base_folder, local_files_only=True, **kwargs)
-    if checkpoint_dir is not None and "unet" not in kwargs:
+    if checkpoint_dir is not None and lora:
         pipe.load_lora_weights(checkpoint_dir)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -288,8 +290,8 @@ def test_a_round_on_a_local_diffusers_folder_runs_every_stage_and_its_checkpoint
     from training.artifacts import artifact_fetch_dir
 
     local = Path(artifact_fetch_dir(checkpoint.file.name, checkpoint.sha256))
-    tuned = _plain_diffusers_pipeline(family, base_folder, local)
-    base = _plain_diffusers_pipeline(family, base_folder, None)
+    tuned = _plain_diffusers_pipeline(family, base_folder, local, lora=lora)
+    base = _plain_diffusers_pipeline(family, base_folder)
     for sample in samples:
         stored = _stored_pixels(sample)
         redrawn = _draw(tuned, sample.prompt.text, sample.seed)
