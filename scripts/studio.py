@@ -261,6 +261,8 @@ def cmd_test(argv: list[str]) -> int:
             "CELERY_QUEUE_PREFIX": f"test{os.getpid()}-",
             "DATABASE_TEST_NAME": f"test_itercomp_{os.getpid()}",
             "MEDIA_ROOT": str(VAR / "test-media" / str(os.getpid())),
+            # Each run's database numbers its rounds from 1 again: a shared cache would hand a new round
+            # the scratch (resumable ReFL and reward runs) of an old one with the same id.
             "WORKER_CACHE_DIR": str(VAR / "test-cache" / str(os.getpid())),
             "STATIC_ROOT": str(VAR / "test-static"),
         }

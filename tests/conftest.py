@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The browser fixtures serve every folder: an end-to-end test elsewhere may start its work in Chromium.
+pytest_plugins = ["tests.browser.fixtures"]
 
 
 def _database_url_for(name: str) -> str:
@@ -79,6 +82,21 @@ class WorkerProcess:
             self.proc.wait(10)
         if self._log is not None:
             self._log.close()
+
+    @contextlib.contextmanager
+    def restarted_with(self, **env: str):
+        """The worker restarted with extra environment (settings are read once at start, as in production),
+        and restarted as before afterwards."""
+        saved = self.env
+        self.stop()
+        self.env = {**saved, **env}
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+            self.env = saved
+            self.start()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

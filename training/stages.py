@@ -396,7 +396,6 @@ def stage_sampling(context: StageContext) -> None:
 
 
 def stage_inserting(context: StageContext) -> None:
-    import torch
 
     from annotation.services.model_pairs import model_pairs_replace
     from annotation.services.tasks import ranking_task_ensure
@@ -429,8 +428,8 @@ def stage_inserting(context: StageContext) -> None:
             continue
         ids = [i for group in consensus.ordering for i in group]
         all_images = list(Image.objects.filter(pk__in=ids)) + new_images
-        batch = torch.stack([loader(img.file.name, img.sha256) for img in all_images])
-        scores = reward_scores(model.score, prompt.text, batch)
+        pictures = [loader(img.file.name, img.sha256) for img in all_images]
+        scores = reward_scores(model, prompt.text, pictures)
         model_pairs_replace(
             prompt=prompt,
             consensus=consensus,

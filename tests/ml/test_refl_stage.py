@@ -141,6 +141,55 @@ def test_applied_checkpoint_samples_like_the_trained_model(tmp_path, mode, ema):
     assert (ours - base_images).abs().max() > 1e-5  # the fine-tuning is really in there
 
 
+@pytest.mark.parametrize(
+    "family,mode,ema",
+    [("sd15", "lora", None), ("sd15", "full", 0.5), ("sdxl", "lora", 0.5), ("sdxl", "full", None)],
+)
+def test_plain_diffusers_loads_the_checkpoint_and_samples_like_the_trained_model(tmp_path, family, mode, ema):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    from training.ml.refl.adapters import SDXLAdapter
+    from training.ml.refl.tiny import tiny_sdxl_pipeline
+
+    build, adapter_class, pipeline_class = {
+        "sd15": (tiny_sd15_pipeline, SD15Adapter, StableDiffusionPipeline),
+        "sdxl": (tiny_sdxl_pipeline, SDXLAdapter, StableDiffusionXLPipeline),
+    }[family]
+    build(TOKENIZER).save_pretrained(tmp_path / "base")
+    config = ReFLStageConfig(
+        refl=refl_config(
+            train_mode=mode,
+            ema_decay=ema,
+            learning_rate=2e-2 if mode == "lora" else 1e-3,
+            # alpha ≠ rank: the LoRA's scale must travel with the file.
+            lora=LoRASettings(rank=2, alpha=6.0),
+        ),
+        output_dir=str(tmp_path / "run"),
+        family=family,
+    )
+    trained = adapter_class(build(TOKENIZER))
+    info = finetune_refl(config, ReFLStageData(prompts=PROMPTS, adapter=trained, reward_fns={"red": redness}))
+    expected = sample(trained, VALIDATION, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+
+    # Only diffusers from here: the base folder plus the checkpoint's diffusers-format export.
+    def draw(pipe):
+        generator = torch.Generator().manual_seed(0)
+        return pipe(
+            VALIDATION, num_inference_steps=4, guidance_scale=1.0, generator=generator, output_type="pt"
+        )
+
+    pipe = pipeline_class.from_pretrained(tmp_path / "base", local_files_only=True)
+    base = draw(pipe).images
+    if mode == "lora":
+        pipe.load_lora_weights(info.path)
+    else:
+        unet = UNet2DConditionModel.from_pretrained(info.path, subfolder="unet")
+        pipe = pipeline_class.from_pretrained(tmp_path / "base", unet=unet, local_files_only=True)
+    ours = draw(pipe).images
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+    assert (expected - base).abs().max() > 1e-4  # the fine-tuning is really in there
+
+
 def test_applying_a_checkpoint_of_another_family_is_refused(tmp_path):
     config = ReFLStageConfig(refl=refl_config(max_steps=1), output_dir=str(tmp_path / "run"))
     info = finetune_refl(

@@ -76,6 +76,15 @@ def test_score_returns_one_normalised_score_per_image_and_depends_on_prompt_and_
     assert abs(s[0] - s[1]) > 1e-4
 
 
+def test_images_of_different_sizes_score_as_each_would_alone(tiny):
+    tiny.eval()
+    gen = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 32, 32, generator=gen), torch.rand(3, 48, 48, generator=gen)]
+    together = tiny.score_images(["a red cube", "a red cube"], images)
+    alone = [tiny.score(["a red cube"], image.unsqueeze(0))[0] for image in images]
+    torch.testing.assert_close(together, torch.stack(alone))
+
+
 def test_score_applies_stored_normalisation(tiny):
     tiny.eval()
     images = torch.rand(2, 3, 32, 32)

@@ -402,7 +402,7 @@ def expand(
             new_ids = [data.add_image(image, "model", iteration + 1) for image in images]
             ranked = [i for group in entry.ordering for i in group]
             # Score what is stored (8-bit PNG): insertion sees the pixels the next reward model trains on.
-            scores = reward_scores(models[entry.category].score, entry.prompt, data.load(ranked + new_ids))
+            scores = reward_scores(models[entry.category], entry.prompt, list(data.load(ranked + new_ids)))
             entry.ordering = insert_samples(
                 entry.ordering, dict(zip(ranked + new_ids, scores, strict=True)), new_ids
             )

@@ -44,6 +44,7 @@ from training.ml.refl.stage import (
 from training.ml.refl.trainer import PretrainData, RewardFn
 from training.ml.reward.config import RewardModelConfig, RewardTrainConfig, TextSpec, VisionSpec
 from training.ml.reward.data import ImageLoader, PairRecord
+from training.ml.reward.model import RewardModel
 from training.ml.reward.train import RewardData, train_reward_model
 
 # ------------------------------------------------------------------------------------ configs
@@ -349,8 +350,10 @@ def sample_groups(
 
 
 @torch.no_grad()
-def reward_scores(score: RewardFn, prompt: str, images: torch.Tensor) -> list[float]:
-    return score([prompt] * len(images), images).tolist()
+def reward_scores(model: RewardModel, prompt: str, images: Sequence[torch.Tensor]) -> list[float]:
+    """One reward model's scores of a prompt's images (``[3, H, W]``, any sizes: a gallery's models draw
+    at their own), each resized to the model's input."""
+    return model.score_images([prompt] * len(images), list(images)).tolist()
 
 
 def insert_samples(

@@ -25,6 +25,7 @@ from training.ml.common import (
 )
 from training.ml.refl.adapters import DiffusionAdapter, load_sd15_adapter, load_sdxl_adapter
 from training.ml.refl.config import LoRASettings, ReFLConfig
+from training.ml.refl.export import export_for_diffusers
 from training.ml.refl.trainer import (
     CHECKPOINT_KIND,
     EMA_FILE,
@@ -154,6 +155,8 @@ def finetune_refl(
         trainer.load(output / "last")
     summary = trainer.train(progress)
     assert summary.checkpoint is not None
+    if trainer.accelerator.is_main_process:
+        export_for_diffusers(adapter, summary.checkpoint, config.refl.train_mode)
     metrics: dict[str, Any] = {
         "steps": summary.steps,
         "stop_reason": summary.stop_reason,

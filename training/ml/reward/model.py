@@ -223,6 +223,13 @@ class RewardModel(nn.Module):
         """
         return self.normalize(self.raw_score(prompts, images))
 
+    def score_images(self, prompts: Sequence[str], images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """:meth:`score` for ``[3,H,W]`` images of different sizes (a gallery's models draw at their own)."""
+        if not images:
+            return torch.zeros(0, device=self.device)
+        resized = [resize_images(image.unsqueeze(0).float(), self.preprocess)[0] for image in images]
+        return self.score(prompts, torch.stack(resized))
+
     def resize_for_model(self, images: torch.Tensor) -> torch.Tensor:
         return resize_images(images, self.preprocess)
 
