@@ -225,7 +225,13 @@ def stage_train_rewards(context: StageContext) -> None:
 
 
 def stage_feedback_learning(context: StageContext) -> None:
-    from training.ml.algorithm1.steps import checkpoint_config, finetune, pretrain_data, refl_prompts
+    from training.ml.algorithm1.steps import (
+        checkpoint_config,
+        finetune,
+        pretrain_data,
+        prompt_categories,
+        refl_prompts,
+    )
 
     config = _config(context)
     existing = DiffusionCheckpoint.objects.filter(
@@ -262,6 +268,7 @@ def stage_feedback_learning(context: StageContext) -> None:
         validation_prompts=validation,
         output_dir=_workdir(context, "refl"),
         iteration=context.iteration,
+        categories=prompt_categories(train_pool, validation_pool),
         pretrain=pretrain_data(config, family, context.iteration, preferred=preferred_images(categories)),
         heldout=heldout,
         progress=context.progress_callback("feedback learning"),

@@ -24,9 +24,11 @@ from training.ml.algorithm1.steps import (
     load_policy,
     merge_lora,
     pretrain_data,
+    prompt_categories,
     push_back_prompts,
     refl_config,
     reward_train_config,
+    routed_reward,
 )
 from training.ml.refl.world_adapter import WorldAdapter
 from training.ml.reward.checkpoint import save_reward_model
@@ -96,6 +98,8 @@ def test_refl_config_carries_the_round_settings_hand_checked():
             pretrain_loss_weight=0.25,
             guard_every=4,
             guard_patience=2,
+            guard_rule="best_mean",
+            guard_seeds=2,
         ),
     )
     refl = refl_config(config, iteration=2, guard=True)
@@ -108,6 +112,7 @@ def test_refl_config_carries_the_round_settings_hand_checked():
     assert (refl.guidance_scale, refl.reward_scale, refl.batch_size, refl.weight_decay) == (2.5, 0.5, 3, 0.01)
     assert (refl.train_mode, refl.pretrain_loss_weight, refl.seed) == ("full", 0.25, 9)
     assert (refl.guard.every, refl.guard.patience, refl.guard.restore_best_at_end) == (4, 2, True)
+    assert (refl.guard.rule, refl.guard.seeds) == ("best_mean", 2)
     assert refl_config(config, iteration=0, guard=False).guard.every == 0
     no_guard = dataclasses.replace(config, feedback=dataclasses.replace(config.feedback, guard_every=0))
     assert refl_config(no_guard, iteration=0, guard=True).guard.every == 0
@@ -199,6 +204,7 @@ def test_two_chained_iterations_build_p2_from_the_base_and_both_checkpoints(
             validation_prompts=PROMPTS,
             output_dir=tmp_path / f"it{k}",
             iteration=k,
+            categories={p: "spatial" for p in PROMPTS},
         )
         chain.append(Path(result.checkpoint.path))
     p0, p1, p2 = (load_policy("world", str(tiny_base), chain[:k]) for k in range(3))
@@ -217,3 +223,28 @@ def test_pretrain_data_follows_the_weight_and_the_family():
     assert pretrain_data(tiny_round(), "sd15", 0, preferred=lambda n: preferred[:n]) == preferred
     with pytest.raises(ValueError, match="preferred"):
         pretrain_data(tiny_round(), "sd15", 0)
+
+
+def test_routed_reward_scores_each_image_with_its_categorys_model_only():
+    calls = []
+
+    def model(offset: float):
+        def score(prompts, images):
+            calls.append((offset, list(prompts)))
+            return images.mean((1, 2, 3)) + offset
+
+        return score
+
+    categories = prompt_categories(
+        {"spatial": ["left", "above"]}, {"non_spatial": ["holds"], "spatial": ["holds"]}
+    )
+    assert categories == {"left": "spatial", "above": "spatial", "holds": "non_spatial"}
+    fn = routed_reward({"spatial": model(10.0), "non_spatial": model(20.0)}, categories)
+    images = torch.full((3, 3, 2, 2), 0.5, requires_grad=True)
+    out = fn(["left", "holds", "above"], images)
+    assert out.tolist() == [10.5, 20.5, 10.5]
+    assert sorted(calls) == [(10.0, ["left", "above"]), (20.0, ["holds"])]
+    out.sum().backward()  # every image gets its gradient through its own model
+    assert torch.allclose(images.grad, torch.full_like(images, 1 / 12))
+    with pytest.raises(ValueError, match="no reward model"):
+        fn(["unknown prompt"], images[:1])

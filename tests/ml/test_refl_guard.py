@@ -210,3 +210,69 @@ def test_a_guarded_run_resumes_with_its_guard_history_and_best_snapshot(tmp_path
     summary = resumed.train()
     assert summary.guard_history == straight.guard_history
     assert summary.best_step == straight.best_step
+
+
+def test_paired_gain_is_the_mean_difference_minus_z_standard_errors():
+    from training.ml.refl.guard import paired_gain
+
+    # Differences 0.1 everywhere: no spread, the interval is the mean itself.
+    assert paired_gain([0.3, 0.5, 0.7, 0.9], [0.2, 0.4, 0.6, 0.8]) == pytest.approx((0.1, 0.1))
+    # Differences [0, 0, 0, 0.2]: mean 0.05, sample sd 0.1, SE 0.05, lower 0.05 - 1.96 * 0.05 = -0.048.
+    assert paired_gain([0.2, 0.4, 0.6, 1.0], [0.2, 0.4, 0.6, 0.8]) == pytest.approx((0.05, -0.048))
+
+
+def test_the_paired_rule_keeps_step_0_until_a_gain_is_significant():
+    guard = HackingGuard(GuardConfig(every=1, patience=3, rule="paired"))
+    ref = (0.2, 0.4, 0.6, 0.8)
+    assert guard.observe(GuardEvaluation(0, 0.0, 0.5, prompt_scores=ref)).improved
+    # The mean rose (0.55 > 0.5) on one lucky prompt: the old rule would keep it, the paired rule does not.
+    assert not guard.observe(GuardEvaluation(1, 0.1, 0.55, prompt_scores=(0.2, 0.4, 0.6, 1.0))).improved
+    assert guard.best.step == 0
+    # A gain on every prompt is kept, with its mean and lower bound recorded.
+    assert guard.observe(GuardEvaluation(2, 0.2, 0.6, prompt_scores=(0.3, 0.5, 0.7, 0.9))).improved
+    assert (guard.best.step, guard.best.gain, guard.best.gain_low) == (
+        2,
+        pytest.approx(0.1),
+        pytest.approx(0.1),
+    )
+    # A significant but smaller gain does not replace a bigger one.
+    assert not guard.observe(GuardEvaluation(3, 0.3, 0.55, prompt_scores=(0.25, 0.45, 0.65, 0.85))).improved
+    state = guard.state_dict()
+    again = HackingGuard(GuardConfig(every=1, patience=3, rule="paired"))
+    again.load_state_dict(state)
+    assert again.best == guard.best and again.history[0].prompt_scores == ref
+
+
+def test_a_paired_guard_evaluates_every_prompt_on_several_fixed_seeds():
+    adapter = SD15Adapter(tiny_sd15_pipeline(TOKENIZER))
+    cfg = ReFLConfig(
+        num_inference_steps=4,
+        late_steps=2,
+        batch_size=2,
+        max_steps=2,
+        learning_rate=1e-3,
+        reward_scale=1.0,
+        phi="linear",
+        lora=LoRASettings(rank=2),
+        guard=GuardConfig(every=1, patience=3, rule="paired", seeds=3, seed=7),
+    )
+    seen: list[int] = []
+
+    def heldout(prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        seen.append(len(prompts))
+        return images.mean((1, 2, 3))
+
+    trainer = ReFLTrainer(
+        adapter, cfg, {"red": redness}, PROMPTS, heldout=heldout, validation_prompts=VALIDATION
+    )
+    summary = trainer.train()
+    assert seen == [len(VALIDATION) * 3] * 3  # step 0 and both steps, 3 seeds per prompt
+    assert [e["step"] for e in summary.guard_history] == [0, 1, 2]
+    assert summary.guard_history[0]["gain"] == 0.0 and summary.guard_history[1]["gain"] is not None
+    # Step 0 on the same noise twice gives the same per-prompt scores: evaluations are paired.
+    first = trainer.guard.history[0].prompt_scores
+    # LoRA B back to zero = the step-0 model.
+    trainer._load_trainable(
+        {n: torch.zeros_like(p) if "lora_B" in n else p.detach() for n, p in trainer.named_params.items()}
+    )
+    assert trainer._evaluate()[1] == pytest.approx(first)

@@ -275,6 +275,7 @@ def test_the_pretraining_loss_weight_set_in_the_form_changes_the_training_loss(c
             validation_prompts=[],
             output_dir=tmp_path / f"refl-{weight}",
             iteration=0,
+            categories={"a red circle to the left of a blue square": "spatial"},
             pretrain=pretrain_data(config, "world", 0),
         )
         last[weight] = result.checkpoint.metrics["last"]

@@ -70,6 +70,13 @@ class FeedbackStageConfig:
     # divergences. It needs a held-out evaluator (the synthetic world's oracle; none for a diffusers base).
     guard_every: int = 10
     guard_patience: int = 3
+    # "paired": a checkpoint is kept only when its per-prompt gain over step 0 (same noise, guard_seeds
+    # samples per validation prompt) has a 95 % lower bound above 0; "best_mean": any higher mean.
+    guard_rule: str = "paired"
+    guard_seeds: int = 3
+    # Each image is scored by the reward model of its prompt's category only (IterComp trains one reward
+    # model per category; the other two never saw such prompts). Off: every image by every model, summed.
+    route_rewards: bool = True
     # Training prompts per category (deterministic choice among the train split); validation prompts
     # per category for the guard.
     prompts_per_category: int = 64
@@ -94,6 +101,8 @@ class FeedbackStageConfig:
         )
         _check(self.guard_every >= 0, "guard interval cannot be negative (0 turns the guard off)")
         _check(self.guard_patience >= 1, "guard patience must be at least 1")
+        _check(self.guard_rule in ("paired", "best_mean"), "guard rule must be 'paired' or 'best_mean'")
+        _check(1 <= self.guard_seeds <= 64, "guard seeds must be between 1 and 64")
         _check(1 <= self.prompts_per_category <= 100_000, "feedback prompts per category must be positive")
         _check(1 <= self.validation_prompts_per_category <= 100_000, "validation prompts must be positive")
 

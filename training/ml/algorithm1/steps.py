@@ -40,8 +40,9 @@ from training.ml.refl.stage import (
     RewardSource,
     apply_refl_checkpoint,
     finetune_refl,
+    load_reward_fns,
 )
-from training.ml.refl.trainer import PretrainData, RewardFn
+from training.ml.refl.trainer import PretrainData, RewardFn, RewardSpec
 from training.ml.reward.config import RewardModelConfig, RewardTrainConfig, TextSpec, VisionSpec
 from training.ml.reward.data import ImageLoader, PairRecord
 from training.ml.reward.model import RewardModel
@@ -130,7 +131,11 @@ def refl_config(config: RoundConfig, iteration: int, guard: bool) -> ReFLConfig:
         lora=LoRASettings(rank=fb.lora_rank),
         seed=config.seed + iteration,
         guard=GuardConfig(
-            every=fb.guard_every if guard else 0, patience=fb.guard_patience, restore_best_at_end=True
+            every=fb.guard_every if guard else 0,
+            patience=fb.guard_patience,
+            restore_best_at_end=True,
+            rule=fb.guard_rule,  # type: ignore[arg-type]
+            seeds=fb.guard_seeds,
         ),
     )
 
@@ -159,6 +164,35 @@ def refl_prompts(
     prompts = choose_prompts(train, fb.prompts_per_category, f"refl-{config.seed}")
     held = choose_prompts(validation, fb.validation_prompts_per_category, f"refl-val-{config.seed}")
     return prompts, held
+
+
+def prompt_categories(*pools: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """prompt text → category from per-category pools (a text in two categories keeps the first, sorted)."""
+    out: dict[str, str] = {}
+    for pool in pools:
+        for category in sorted(pool):
+            for prompt in pool[category]:
+                out.setdefault(prompt, category)
+    return out
+
+
+def routed_reward(models: Mapping[str, RewardFn], categories: Mapping[str, str]) -> RewardFn:
+    """One differentiable reward that scores each image with its prompt's category model only."""
+
+    def score(prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        missing = sorted({p for p in prompts if categories.get(p) not in models})
+        if missing:
+            raise ValueError(f"no reward model for the category of {missing[:3]}")
+        out = torch.zeros(len(prompts), device=images.device)
+        for category, fn in models.items():
+            index = [i for i, p in enumerate(prompts) if categories[p] == category]
+            if index:
+                where = torch.tensor(index, device=images.device)
+                values = fn([prompts[i] for i in index], images[where]).float()
+                out = out.index_put((where,), values)
+        return out
+
+    return score
 
 
 def expansion_prompts(
@@ -277,13 +311,25 @@ def finetune(
     validation_prompts: Sequence[str],
     output_dir: str | Path,
     iteration: int,
+    categories: Mapping[str, str] | None = None,
     pretrain: PretrainData | None = None,
     heldout: RewardFn | None = None,
     progress: ProgressCallback | None = None,
 ) -> FinetuneResult:
-    """p_k → p_{k+1}: multi-reward ReFL from p_k (base + ``chain``) on the reward checkpoints given."""
+    """p_k → p_{k+1}: multi-reward ReFL from p_k (base + ``chain``) on the reward checkpoints given.
+
+    ``categories`` (prompt → category) routes each image to its category's reward model when the round
+    says so (``feedback.route_rewards``); it must cover the training and validation prompts.
+    """
     if not rewards:
         raise ValueError("no reward models to fine-tune on")
+    sources = tuple(RewardSource(name, str(path), 1.0) for name, path in sorted(rewards.items()))
+    reward_fns = None
+    if config.feedback.route_rewards:
+        if categories is None:
+            raise ValueError("routing rewards by category needs each prompt's category")
+        loaded = load_reward_fns(sources)
+        reward_fns = {"routed": RewardSpec(routed_reward({n: r.fn for n, r in loaded.items()}, categories))}
     curve: list[dict[str, float]] = []
 
     def record(step: int, total: int, metrics: Mapping[str, float]) -> bool | None:
@@ -297,13 +343,14 @@ def finetune(
             output_dir=str(output_dir),
             family=family,
             base_model_path=base_path,
-            rewards=tuple(RewardSource(name, str(path), 1.0) for name, path in sorted(rewards.items())),
+            rewards=sources,
         ),
         ReFLStageData(
             prompts=list(prompts),
             validation_prompts=list(validation_prompts) or list(prompts)[:8],
             pretrain_data=pretrain,
             adapter=load_policy(family, base_path, chain),
+            reward_fns=reward_fns,
             heldout=heldout,
         ),
         record,
@@ -380,6 +427,8 @@ __all__ = [
     "load_policy",
     "merge_lora",
     "pretrain_data",
+    "prompt_categories",
+    "routed_reward",
     "push_back_prompts",
     "refl_config",
     "refl_prompts",

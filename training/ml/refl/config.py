@@ -50,6 +50,14 @@ class GuardConfig:
     num_inference_steps: int | None = None  # None → the training T
     seed: int = 1234  # fixed evaluation noise so evaluations differ only by the weights
     restore_best_at_end: bool = True  # keep the checkpoint chosen by the held-out signal
+    # Samples per validation prompt (each on its own fixed noise).
+    seeds: int = 1
+    # "best_mean": any evaluation with a higher mean held-out score becomes the best. "paired": an
+    # evaluation is compared with step 0 on the same noise, prompt by prompt, and becomes the best only when
+    # the lower end of the interval mean ± z·SE of the per-prompt difference is above 0 (and its mean gain
+    # beats the best so far) — a noisy rise on a small validation set is not kept.
+    rule: Literal["best_mean", "paired"] = "best_mean"
+    z: float = 1.96
 
     def __post_init__(self) -> None:
         if self.every < 0:
@@ -60,6 +68,12 @@ class GuardConfig:
             raise ValueError("guard thresholds must be non-negative")
         if self.num_inference_steps is not None and self.num_inference_steps < 1:
             raise ValueError("guard.num_inference_steps must be >= 1")
+        if self.seeds < 1:
+            raise ValueError(f"guard.seeds must be >= 1, got {self.seeds}")
+        if self.rule not in ("best_mean", "paired"):
+            raise ValueError(f"unknown guard rule {self.rule!r}")
+        if self.z <= 0:
+            raise ValueError("guard.z must be positive")
 
     @property
     def enabled(self) -> bool:

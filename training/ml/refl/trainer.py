@@ -362,23 +362,40 @@ class ReFLTrainer:
     @torch.no_grad()
     def evaluate(self, prompts: Sequence[str] | None = None) -> dict[str, float]:
         """Optimised rewards and the held-out score of the current model on (validation) prompts."""
+        scores, _ = self._evaluate(prompts)
+        return scores
+
+    @torch.no_grad()
+    def _evaluate(self, prompts: Sequence[str] | None = None) -> tuple[dict[str, float], tuple[float, ...]]:
+        """(mean scores, held-out score per prompt averaged over its ``guard.seeds`` samples)."""
         prompts = list(prompts if prompts is not None else self.validation_prompts)
         guard = self.config.guard
-        images = self.generate(prompts, guard.seed, guard.num_inference_steps)
-        rewards = self._score(prompts, images)
+        repeated = [p for p in prompts for _ in range(guard.seeds)]
+        # One generator for the whole list: every evaluation draws the same noise for the same slot.
+        images = self.generate(repeated, guard.seed, guard.num_inference_steps)
+        rewards = self._score(repeated, images)
         out = {f"reward/{n}": float(v.mean()) for n, v in rewards.items()}
         out["reward"] = float(weighted_reward(rewards, self.reward_weights).mean())
+        per_prompt: tuple[float, ...] = ()
         if self.heldout is not None:
-            out["heldout"] = float(self.heldout(prompts, images).float().mean())
-        return out
+            heldout = self.heldout(repeated, images).float()
+            out["heldout"] = float(heldout.mean())
+            per_prompt = tuple(heldout.view(len(prompts), guard.seeds).mean(1).tolist())
+        return out, per_prompt
 
     def _guard_check(self) -> tuple[dict[str, float], bool]:
-        scores = self.evaluate()
-        decision = self.guard.observe(GuardEvaluation(self.step, scores["reward"], scores["heldout"]))
+        scores, per_prompt = self._evaluate()
+        decision = self.guard.observe(
+            GuardEvaluation(self.step, scores["reward"], scores["heldout"], prompt_scores=per_prompt)
+        )
         if decision.improved:
             self._snapshot_best()
         metrics = {f"val/{k}": v for k, v in scores.items()}
         metrics["val/diverging"] = float(decision.diverging)
+        latest = self.guard.history[-1]
+        if latest.gain is not None:
+            metrics["val/gain"] = latest.gain
+            metrics["val/gain_low"] = latest.gain_low if math.isfinite(latest.gain_low or 0.0) else -1.0
         return metrics, decision.stop
 
     def _snapshot_best(self) -> None:
@@ -464,7 +481,7 @@ class ReFLTrainer:
             stop_reason=stop_reason,
             best_step=None if self.guard.best is None else self.guard.best.step,
             restored_step=restored_step,
-            guard_history=[dataclasses.asdict(e) for e in self.guard.history],
+            guard_history=[_history_entry(e) for e in self.guard.history],
             last_metrics=dict(self.last_metrics),
             checkpoint=checkpoint,
         )
@@ -571,3 +588,9 @@ class ReFLTrainer:
 
 def _cuda_devices() -> list[int]:
     return [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+
+def _history_entry(evaluation: GuardEvaluation) -> dict[str, Any]:
+    """A guard evaluation for the run summary (JSON-safe; the per-prompt scores stay in the guard state)."""
+    entry = {k: v for k, v in dataclasses.asdict(evaluation).items() if k != "prompt_scores"}
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in entry.items()}
