@@ -303,7 +303,8 @@ def main() -> None:
         )
 
     checkpoints = [m["refl"]["checkpoint"] for m in metrics]
-    policies = [checkpoints[:k] for k in range(len(checkpoints) + 1)]  # p_k = base + iterations 0..k-1
+    # p_k = base + the checkpoints of iterations 0..k-1 (an iteration whose gate stayed closed adds none).
+    policies = [[c for c in checkpoints[:k] if c] for k in range(len(checkpoints) + 1)]
     for k, chain in enumerate(policies):
         images = generate(world_policy(config, chain), items, args.steps, args.guidance)
         if k == 0:

@@ -104,6 +104,23 @@ def policy_chain(training_round, iteration: int) -> list[Path]:
     return [artifact_fetch_dir(c.file.name, c.sha256) for c in earlier.order_by("iteration")]
 
 
+def own_images(training_round, iteration: int, categories: list[Category]) -> set[int]:
+    """Ids of the current model's (p_k's) images in the round's categories: the base generator's at
+    iteration 0 (when the round names it), the previous iteration's fine-tuned generator after that."""
+    if iteration == 0:
+        generator_id = training_round.base_generator_id
+    else:
+        previous = DiffusionCheckpoint.objects.filter(training_round=training_round, iteration=iteration - 1)
+        generator_id = previous.values_list("generator_id", flat=True).first()
+    if generator_id is None:
+        return set()
+    return set(
+        Image.objects.filter(generator_id=generator_id, prompt__category__in=categories).values_list(
+            "pk", flat=True
+        )
+    )
+
+
 def prompt_pools(categories: list[Category]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """ReFL's candidate prompts per category: train-split prompts whose gallery the experts ranked (D's
     prompts), and val-split prompts for the guard."""
@@ -168,7 +185,9 @@ def stage_train_rewards(context: StageContext) -> None:
 
     config = _config(context)
     done = {}
-    for category in _categories(context):
+    categories = _categories(context)
+    mine = own_images(context.training_round, context.iteration, categories)
+    for category in categories:
         existing = RewardModelCheckpoint.objects.filter(
             training_round=context.training_round, category=category, iteration=context.iteration
         ).first()
@@ -196,7 +215,9 @@ def stage_train_rewards(context: StageContext) -> None:
             context.iteration,
             pretrained_path=reward_pretrained_path(config),
             progress=context.progress_callback(f"reward model · {category.name}"),
+            own_images=mine,
         )
+        round_log(round_id=context.training_round.pk, message=_own_accuracy_line(category, info.metrics))
         name, sha = artifact_store_dir(info.path, prefix="checkpoints/reward")
         checkpoint, _ = RewardModelCheckpoint.objects.update_or_create(
             training_round=context.training_round,
@@ -221,6 +242,19 @@ def stage_train_rewards(context: StageContext) -> None:
     )
 
 
+def _own_accuracy_line(category: Category, metrics: dict) -> str:
+    if metrics.get("own_accuracy") is None:
+        return (
+            f"{category.name} reward model: no expert-ranked pairs of the current model's own samples yet, "
+            "so its accuracy on them is not measured"
+        )
+    return (
+        f"{category.name} reward model ranks the current model's own samples at {metrics['own_accuracy']:.3f} "
+        f"[{metrics['own_accuracy_ci_low']:.3f}, {metrics['own_accuracy_ci_high']:.3f}] "
+        f"({metrics['own_pairs']} held-out pairs)"
+    )
+
+
 # --- stage 2: feedback learning ----------------------------------------------------------------------
 
 
@@ -239,12 +273,12 @@ def stage_feedback_learning(context: StageContext) -> None:
     )
     if existing.exists():
         return
-    rewards = {
-        checkpoint.category.slug: artifact_fetch_dir(checkpoint.file.name, checkpoint.sha256)
-        for checkpoint in RewardModelCheckpoint.objects.filter(
+    reward_rows = list(
+        RewardModelCheckpoint.objects.filter(
             training_round=context.training_round, iteration=context.iteration
         ).select_related("category")
-    }
+    )
+    rewards = {row.category.slug: artifact_fetch_dir(row.file.name, row.sha256) for row in reward_rows}
     if not rewards:
         raise RuntimeError("no reward model checkpoints for this iteration")
     family, path = base_model(config)
@@ -272,6 +306,7 @@ def stage_feedback_learning(context: StageContext) -> None:
         pretrain=pretrain_data(config, family, context.iteration, preferred=preferred_images(categories)),
         heldout=heldout,
         progress=context.progress_callback("feedback learning"),
+        reward_metrics={row.category.slug: row.metrics for row in reward_rows},
     )
     info = result.checkpoint
     name, sha = artifact_store_dir(info.path, prefix="checkpoints/diffusion")

@@ -206,3 +206,39 @@ def test_base_in_gallery_and_expert_pushback_rank_the_models_samples_by_the_pane
     pairs1 = [json.loads(line) for line in (out / "iter_1" / "pairs.jsonl").open()]
     assert len(pairs1) == 3 * 36 and sum(p["source"] == "model" for p in pairs1) == 3 * 8
     assert 0.0 <= metrics["expansion"]["expert_above_some_human"] <= 1.0
+
+
+def test_own_sample_groups_are_ranked_by_the_panel_and_the_gate_decides_on_them(tmp_path, tiny_base):
+    out = tmp_path / "loop"
+    round_config = tiny_round()
+    round_config = dataclasses.replace(
+        round_config, feedback=dataclasses.replace(round_config.feedback, gate="require")
+    )
+    config = tiny_config(out, tiny_base, own_groups_per_category=2, own_group_size=3, round=round_config)
+    metrics = run_loop(config).metrics[0]
+
+    d0 = json.loads((out / "iter_0" / "rankings.json").read_text())
+    own_groups = [r for r in d0["rankings"] if r["group"] == "own"]
+    sources = {img["id"]: img["source"] for img in d0["images"]}
+    assert len(own_groups) == 2
+    for group in own_groups:
+        flat = [i for g in group["ordering"] for i in g]
+        assert len(flat) == 3 and {sources[i] for i in flat} == {"own:0"}
+    # One of the two own-sample prompts is held out (gate_share 0.5): its C(3, 2) pairs, minus expert ties.
+    spatial = metrics["rewards"]["spatial"]
+    assert 1 <= spatial["own_pairs"] <= 3
+    assert (
+        0.0
+        <= spatial["own_accuracy_ci_low"]
+        <= spatial["own_accuracy"]
+        <= spatial["own_accuracy_ci_high"]
+        <= 1.0
+    )
+    # The decision follows the rule: ReFL ran if and only if the lower bound is above chance.
+    closed = metrics["refl"]["checkpoint"] is None
+    assert closed == (spatial["own_accuracy_ci_low"] <= 0.5)
+    if closed:
+        assert "spatial" in metrics["refl"]["gate_closed"]
+    # Expansion touched only the gallery groups.
+    d1 = json.loads((out / "iter_1" / "rankings.json").read_text())
+    assert all(len([i for g in r["ordering"] for i in g]) == 3 for r in d1["rankings"] if r["group"] == "own")

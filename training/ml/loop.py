@@ -46,8 +46,10 @@ from PIL import Image
 from rankmath.aggregation import aggregate
 from rankmath.pairs import pairs_from_ordering
 from training.ml.algorithm1.config import FeedbackStageConfig, PushBackConfig, RewardStageConfig, RoundConfig
+from training.ml.algorithm1.gate import GateClosed
 from training.ml.algorithm1.steps import (
     FinetuneResult,
+    choose_prompts,
     expansion_prompts,
     finetune,
     hash_rank,
@@ -130,6 +132,11 @@ class LoopConfig:
     # D_0 also holds base_samples samples of p_0 per group, ranked by the panel with the gallery images.
     base_in_gallery: bool = False
     base_samples: int = 2
+    # Every iteration, own_groups_per_category of D's prompts get own_group_size fresh samples of p_k,
+    # ranked by the panel as a group of their own: within-model pairs for the reward models and, on a
+    # held-out share of those prompts (round.reward.gate_share), the gate's accuracy on p_k's own samples.
+    own_groups_per_category: int = 0
+    own_group_size: int = 4
     round: RoundConfig = dataclasses.field(default_factory=loop_round_config)
 
     def __post_init__(self) -> None:
@@ -148,6 +155,8 @@ class LoopConfig:
             raise ValueError("the guard needs validation prompts (val_prompts_per_subcategory >= 1)")
         if self.base_in_gallery and self.base_samples < 1:
             raise ValueError("base_in_gallery needs base_samples >= 1")
+        if self.own_groups_per_category < 0 or self.own_group_size < 2:
+            raise ValueError("own_groups_per_category must be >= 0 and own_group_size >= 2")
         if not self.round.is_synthetic:
             raise ValueError("the loop runs on the synthetic world (round.base_model = 'synthetic-world')")
         object.__setattr__(self, "categories", tuple(self.categories))
@@ -196,6 +205,7 @@ class RankedPrompt:
     subcategory: str
     ordering: list[list[int]]  # best first; image ids
     human: tuple[int, ...]  # the annotator-ranked items, whose relative order insertion must keep
+    group: str = "gallery"  # "gallery" (D_0's groups, expanded each iteration) or "own" (p_k's samples)
 
     @property
     def category(self) -> str:
@@ -320,10 +330,46 @@ def rank_gallery(
 # ------------------------------------------------------------------------------------ one iteration
 
 
+def rank_own_samples(
+    config: LoopConfig,
+    data: RankedData,
+    policy: DiffusionAdapter,
+    iteration: int,
+    progress: LoopProgress | None = None,
+) -> set[int]:
+    """Groups of p_k's own samples for a hash-chosen set of D's prompts, ranked by the panel; their ids."""
+    if config.own_groups_per_category == 0:
+        return set()
+    gallery = [e for e in data.prompts if e.group == "gallery"]
+    by_category: dict[str, list[str]] = {}
+    for entry in gallery:
+        by_category.setdefault(entry.category, []).append(entry.prompt)
+    chosen = set(
+        choose_prompts(by_category, config.own_groups_per_category, f"own-{config.seed}-{iteration}")
+    )
+    entries = [e for e in gallery if e.prompt in chosen]
+    entries = list({e.prompt: e for e in entries}.values())  # one group per prompt text
+    # Noise far from expansion's (sample_seeds(.., k) for k < 1000): these are p_k's, not p_{k+1}'s, samples.
+    groups = [(e.prompt_id, e.prompt) for e in entries]
+    own: set[int] = set()
+    for done, sampled in sample_groups(config.round, policy, groups, config.own_group_size, 1000 + iteration):
+        for entry, images in zip(entries[done - len(sampled) : done], sampled, strict=True):
+            ids = [data.add_image(image, f"own:{iteration}", iteration) for image in images]
+            own.update(ids)
+            ordering = expert_ranking(config, data, entry.prompt, ids)
+            data.prompts.append(
+                RankedPrompt(len(data.prompts), entry.prompt, entry.subcategory, ordering, tuple(ids), "own")
+            )
+        if progress is not None:
+            progress(f"iter{iteration}/own_samples", done, len(groups), {})
+    return own
+
+
 @dataclasses.dataclass(frozen=True)
 class IterationResult:
     rewards: dict[str, CheckpointInfo]  # R_k per category
-    finetuned: FinetuneResult  # p_{k+1}
+    finetuned: FinetuneResult | None  # p_{k+1}; None when the gate kept ReFL from starting
+    gate_closed: str | None = None  # why
 
 
 def run_iteration(
@@ -339,6 +385,7 @@ def run_iteration(
     validation_prompts: Mapping[str, Sequence[str]],
     output_dir: Path,
     progress: LoopProgress | None = None,
+    own_images: set[int] | None = None,
 ) -> IterationResult:
     """Reward models R_k on D_k, then p_k → p_{k+1} by ReFL: the stages the app runs as two Celery tasks.
 
@@ -354,25 +401,30 @@ def run_iteration(
             output_dir / "reward" / category,
             iteration,
             progress=_stage(progress, f"iter{iteration}/reward/{category}"),
+            own_images=own_images,
         )
         for category in categories
     }
     prompts, validation = refl_prompts(round_config, train_prompts, validation_prompts)
-    finetuned = finetune(
-        round_config,
-        family="world",
-        base_path=base_path,
-        chain=chain,
-        rewards={c: info.path for c, info in rewards.items()},
-        prompts=prompts,
-        validation_prompts=validation,
-        output_dir=output_dir / "refl",
-        iteration=iteration,
-        categories=prompt_categories(train_prompts, validation_prompts),
-        pretrain=pretrain_data(round_config, "world", iteration),
-        heldout=oracle_evaluator,
-        progress=_stage(progress, f"iter{iteration}/refl"),
-    )
+    try:
+        finetuned = finetune(
+            round_config,
+            family="world",
+            base_path=base_path,
+            chain=chain,
+            rewards={c: info.path for c, info in rewards.items()},
+            prompts=prompts,
+            validation_prompts=validation,
+            output_dir=output_dir / "refl",
+            iteration=iteration,
+            categories=prompt_categories(train_prompts, validation_prompts),
+            pretrain=pretrain_data(round_config, "world", iteration),
+            heldout=oracle_evaluator,
+            progress=_stage(progress, f"iter{iteration}/refl"),
+            reward_metrics={c: info.metrics for c, info in rewards.items()},
+        )
+    except GateClosed as closed:
+        return IterationResult(rewards, None, str(closed))
     return IterationResult(rewards, finetuned)
 
 
@@ -390,7 +442,7 @@ def expand(
     models = {c: load_reward_model(info.path).eval() for c, info in rewards.items()}
     by_category: dict[str, list[int]] = {}
     for entry in data.prompts:
-        if entry.category in models:
+        if entry.category in models and entry.group == "gallery":
             by_category.setdefault(entry.category, []).append(entry.prompt_id)
     chosen = expansion_prompts(config.round, by_category, iteration)
     pushed = push_back_prompts(config.round, chosen, iteration)
@@ -468,6 +520,8 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
     for k in range(config.iterations):
         it_dir = root / f"iter_{k}"
         it_dir.mkdir(exist_ok=True)
+        # D_k: the rankings so far plus this iteration's groups of p_k's own samples.
+        own = rank_own_samples(config, data, world_policy(config, chain), k, progress)
         before = data.counts()
         data.save(it_dir / "pairs.jsonl")
         train_pool: dict[str, list[str]] = {}
@@ -486,27 +540,20 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
             validation_prompts=validation_pool,
             output_dir=it_dir,
             progress=progress,
+            own_images=own,
         )
         t["train"] = time.perf_counter()
-        info = result.finetuned.checkpoint
-        chain.append(Path(info.path))
+        if result.finetuned is not None:
+            chain.append(Path(result.finetuned.checkpoint.path))
         expansion = expand(config, data, world_policy(config, chain), result.rewards, k, progress)
         t["expand"] = time.perf_counter()
         metrics = {
             "iteration": k,
             "dataset_before": before,
             "dataset_after": data.counts(),
-            "rewards": {
-                c: {
-                    key: i.metrics.get(key) for key in ("val_accuracy", "best_step", "steps", "train_prompts")
-                }
-                for c, i in result.rewards.items()
-            },
-            "refl": {
-                **{key: v for key, v in info.metrics.items() if key != "last"},
-                "checkpoint": str(info.path),
-            },
-            "refl_curve": result.finetuned.curve,
+            "rewards": {c: _reward_summary(i.metrics) for c, i in result.rewards.items()},
+            "refl": _refl_summary(result),
+            "refl_curve": result.finetuned.curve if result.finetuned is not None else [],
             "expansion": expansion,
             "seconds": {
                 "gallery": round(gallery_seconds, 1) if k == 0 else 0.0,
@@ -532,6 +579,18 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
         )
     )
     return LoopResult(root, list(chain), reward_checkpoints, all_metrics)
+
+
+def _reward_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("val_accuracy", "best_step", "steps", "train_prompts", "own_accuracy", "own_accuracy_ci_low")
+    return {key: metrics.get(key) for key in (*keys, "own_accuracy_ci_high", "own_pairs")}
+
+
+def _refl_summary(result: IterationResult) -> dict[str, Any]:
+    if result.finetuned is None:
+        return {"checkpoint": None, "gate_closed": result.gate_closed, "guard_history": []}
+    info = result.finetuned.checkpoint
+    return {**{key: v for key, v in info.metrics.items() if key != "last"}, "checkpoint": str(info.path)}
 
 
 def _stage(
@@ -567,6 +626,9 @@ ROUND_FLAGS: dict[str, tuple[str | None, str]] = {
     "val_prompts_per_subcategory": (None, "val_prompts_per_subcategory"),
     "base_in_gallery": (None, "base_in_gallery"),
     "base_samples": (None, "base_samples"),
+    "own_groups_per_category": (None, "own_groups_per_category"),
+    "own_group_size": (None, "own_group_size"),
+    "gate": ("feedback", "gate"),
     "seed": ("", "seed"),
     "reward_hidden": ("reward", "hidden_size"),
     "reward_layers": ("reward", "layers"),
@@ -613,6 +675,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-in-gallery", action="store_true", default=None, help="D_0 also ranks p_0's own samples"
     )
     parser.add_argument("--base-samples", type=int, help="p_0 samples per D_0 group (--base-in-gallery)")
+    parser.add_argument(
+        "--own-groups-per-category", type=int, help="groups of p_k's samples ranked per iteration"
+    )
+    parser.add_argument("--own-group-size", type=int, help="samples of p_k per own-sample group")
+    parser.add_argument("--gate", choices=("require", "measured", "off"), help="the ReFL gate")
     parser.add_argument(
         "--push-back-share",
         type=float,

@@ -33,6 +33,9 @@ class RewardStageConfig:
     patch_size: int = 8
     # Share of the pair data's prompts (those without a pinned split) that choose the best epoch.
     validation_share: float = 0.1
+    # Share of the prompts with expert-ranked pairs of the current model's own samples whose pairs are held
+    # out of training to measure the gate (reward accuracy on the model's own samples).
+    gate_share: float = 0.5
 
     def __post_init__(self) -> None:
         _check(1 <= self.epochs <= 100, "reward epochs must be between 1 and 100")
@@ -48,6 +51,7 @@ class RewardStageConfig:
             self.image_size % self.patch_size == 0, "reward image size must be a multiple of the patch size"
         )
         _check(0 < self.validation_share < 1, "reward validation share must be in (0, 1)")
+        _check(0 < self.gate_share < 1, "reward gate share must be in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,10 @@ class FeedbackStageConfig:
     # Each image is scored by the reward model of its prompt's category only (IterComp trains one reward
     # model per category; the other two never saw such prompts). Off: every image by every model, summed.
     route_rewards: bool = True
+    # The gate before ReFL (training.ml.algorithm1.gate): "require" — every reward model must be shown to
+    # rank the current model's own samples above chance (95 % lower bound > 0.5); "measured" — the same
+    # where own-sample pairs exist, and a category without any passes with a note; "off".
+    gate: str = "measured"
     # Training prompts per category (deterministic choice among the train split); validation prompts
     # per category for the guard.
     prompts_per_category: int = 64
@@ -103,6 +111,7 @@ class FeedbackStageConfig:
         _check(self.guard_patience >= 1, "guard patience must be at least 1")
         _check(self.guard_rule in ("paired", "best_mean"), "guard rule must be 'paired' or 'best_mean'")
         _check(1 <= self.guard_seeds <= 64, "guard seeds must be between 1 and 64")
+        _check(self.gate in ("require", "measured", "off"), "gate must be 'require', 'measured' or 'off'")
         _check(1 <= self.prompts_per_category <= 100_000, "feedback prompts per category must be positive")
         _check(1 <= self.validation_prompts_per_category <= 100_000, "validation prompts must be positive")
 

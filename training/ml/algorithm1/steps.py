@@ -29,6 +29,7 @@ import torch
 
 from rankmath.pairs import insert_by_score
 from training.ml.algorithm1.config import RoundConfig
+from training.ml.algorithm1.gate import GateClosed, PairAccuracy, gate_reason, pair_accuracy, split_own_pairs
 from training.ml.common import CheckpointInfo, ProgressCallback
 from training.ml.refl.adapters import DiffusionAdapter
 from training.ml.refl.config import GuardConfig, LoRASettings, ReFLConfig
@@ -43,6 +44,7 @@ from training.ml.refl.stage import (
     load_reward_fns,
 )
 from training.ml.refl.trainer import PretrainData, RewardFn, RewardSpec
+from training.ml.reward.checkpoint import load_reward_model
 from training.ml.reward.config import RewardModelConfig, RewardTrainConfig, TextSpec, VisionSpec
 from training.ml.reward.data import ImageLoader, PairRecord
 from training.ml.reward.model import RewardModel
@@ -253,13 +255,55 @@ def train_reward(
     iteration: int,
     pretrained_path: str | None = None,
     progress: ProgressCallback | None = None,
+    own_images: set[int] | None = None,
 ) -> CheckpointInfo:
-    """R_k for one category, trained on D_k's pairs of that category."""
-    return train_reward_model(
+    """R_k for one category, trained on D_k's pairs of that category.
+
+    ``own_images``: ids of the current model's (p_k's) images. Pairs of two of them on a share of their
+    prompts are held out of training and measure the gate: the metrics gain ``own_accuracy``,
+    ``own_accuracy_ci_low``/``_high``, ``own_pairs`` and ``own_prompts`` (None / 0 when there are none).
+    """
+    mine = [r for r in records if r.category == category]
+    train, gate = split_own_pairs(
+        mine, own_images or set(), config.reward.gate_share, f"gate-{config.seed}-{iteration}"
+    )
+    info = train_reward_model(
         reward_train_config(config, category, output_dir, iteration, pretrained_path),
-        RewardData(records=list(records), image_loader=image_loader),
+        RewardData(records=train, image_loader=image_loader),
         progress,
     )
+    accuracy = own_sample_accuracy(info.path, gate, image_loader, seed=config.seed + iteration)
+    return dataclasses.replace(info, metrics={**info.metrics, **accuracy.as_metrics()})
+
+
+@torch.no_grad()
+def own_sample_accuracy(
+    checkpoint: str | Path, records: Sequence[PairRecord], image_loader: ImageLoader, seed: int = 0
+) -> PairAccuracy:
+    """A reward checkpoint's pair accuracy (95 % interval) on expert-ranked pairs of one model's samples."""
+    if not records:
+        return pair_accuracy([], {})
+    model = load_reward_model(checkpoint).eval()
+    images: dict[int, dict[int, tuple[str, str]]] = {}
+    prompts: dict[int, str] = {}
+    for r in records:
+        prompts[r.prompt_id] = r.prompt
+        group = images.setdefault(r.prompt_id, {})
+        group[r.winner_id] = (r.winner_path, r.winner_sha256)
+        group[r.loser_id] = (r.loser_path, r.loser_sha256)
+    scores: dict[int, float] = {}
+    for prompt_id, group in images.items():
+        ids = sorted(group)
+        values = reward_scores(model, prompts[prompt_id], [image_loader(*group[i]) for i in ids])
+        scores.update(zip(ids, values, strict=True))
+    return pair_accuracy(records, scores, seed=seed)
+
+
+def check_gate(config: RoundConfig, reward_metrics: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise :class:`GateClosed` (with the reason) when ReFL must not start on these reward models."""
+    reason = gate_reason(config.feedback.gate, reward_metrics)
+    if reason is not None:
+        raise GateClosed(reason)
 
 
 def world_pretrain_data(n: int, seed: int) -> list[tuple[str, torch.Tensor]]:
@@ -315,14 +359,20 @@ def finetune(
     pretrain: PretrainData | None = None,
     heldout: RewardFn | None = None,
     progress: ProgressCallback | None = None,
+    reward_metrics: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> FinetuneResult:
     """p_k → p_{k+1}: multi-reward ReFL from p_k (base + ``chain``) on the reward checkpoints given.
+
+    ``reward_metrics`` (category → the reward checkpoint's metrics) feed the gate; :class:`GateClosed`
+    is raised, before any training, when it is closed.
 
     ``categories`` (prompt → category) routes each image to its category's reward model when the round
     says so (``feedback.route_rewards``); it must cover the training and validation prompts.
     """
     if not rewards:
         raise ValueError("no reward models to fine-tune on")
+    # Before anything expensive: the reward models must be able to judge this model's own samples.
+    check_gate(config, reward_metrics or {name: {} for name in rewards})
     sources = tuple(RewardSource(name, str(path), 1.0) for name, path in sorted(rewards.items()))
     reward_fns = None
     if config.feedback.route_rewards:
@@ -418,7 +468,9 @@ def checkpoint_config(path: str | Path) -> dict[str, Any]:
 __all__ = [
     "FinetuneResult",
     "base_model_location",
+    "check_gate",
     "checkpoint_config",
+    "own_sample_accuracy",
     "choose_prompts",
     "expansion_prompts",
     "finetune",
