@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 import torch
-from transformers import BlipConfig, BlipForImageTextRetrieval, BlipTextConfig, BlipVisionConfig
 
+from tests.ml.blip_folder import save_tiny_blip_itm
 from training.ml.preprocess import PreprocessConfig
 from training.ml.reward.checkpoint import load_reward_model, save_reward_model
 from training.ml.reward.config import RewardModelConfig, VisionSpec
@@ -179,31 +179,7 @@ def test_config_needs_exactly_one_backbone_source():
 
 
 def test_builds_from_a_local_blip_itm_folder_and_keeps_its_weights(tmp_path):
-    vision = BlipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        initializer_range=0.02,
-    )
-    text = BlipTextConfig(
-        vocab_size=30524,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(3)
-    blip = BlipForImageTextRetrieval(BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict()))
-    blip.save_pretrained(tmp_path)
-    build_blip_tokenizer().save_pretrained(tmp_path)
-    (tmp_path / "preprocessor_config.json").write_text(
-        '{"image_processor_type": "BlipImageProcessor", "size": {"height": 32, "width": 32}, "resample": 3,'
-        ' "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}'
-    )
+    blip = save_tiny_blip_itm(tmp_path, seed=3, image_std=0.25)
 
     model = build_reward_model(
         RewardModelConfig(category="non_spatial", pretrained_path=str(tmp_path)), seed=0

@@ -52,36 +52,10 @@ CANDIDATE_PROMPTS = [
 @pytest.fixture(scope="module")
 def blip_folder(tmp_path_factory) -> Path:
     """A BLIP image-text-matching folder as `save_pretrained` writes it (tiny widths, random weights)."""
-    from transformers import BlipConfig, BlipForImageTextRetrieval, BlipTextConfig, BlipVisionConfig
-
-    from training.ml.reward.model import build_blip_tokenizer
+    from tests.ml.blip_folder import save_tiny_blip_itm
 
     folder = tmp_path_factory.mktemp("blip-itm")
-    vision = BlipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-        initializer_range=0.02,
-    )
-    text = BlipTextConfig(
-        vocab_size=30524,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BlipForImageTextRetrieval(
-        BlipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
-    ).save_pretrained(folder)
-    build_blip_tokenizer().save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(
-        '{"image_processor_type": "BlipImageProcessor", "size": {"height": 32, "width": 32}, "resample": 3}'
-    )
+    save_tiny_blip_itm(folder, seed=0)
     return folder
 
 
