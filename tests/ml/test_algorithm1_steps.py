@@ -41,14 +41,6 @@ PROMPTS = ["a red circle to the left of a blue square", "a green square above a 
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("base")
-    WorldDiffusionModel(SMALL).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def tiny_reward(tmp_path_factory):
     path = tmp_path_factory.mktemp("rm")
     return save_reward_model(build_reward_model(RewardModelConfig.tiny("spatial"), seed=0), path / "spatial")

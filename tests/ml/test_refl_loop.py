@@ -6,22 +6,12 @@ import dataclasses
 import json
 
 import pytest
-import torch
 
 # One torch thread for every test here (the fixture is autouse) and the small world model config.
 from tests.ml.test_refl_world import SMALL, _one_thread  # noqa: F401
 from training.ml.algorithm1.config import RoundConfig
 from training.ml.algorithm1.steps import refl_config
 from training.ml.loop import LoopConfig, loop_prompts, loop_round_config, main, rank_gallery, run_loop
-from training.ml.world.model import WorldDiffusionModel
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("base")
-    WorldDiffusionModel(SMALL).save_pretrained(path)
-    return path
 
 
 def tiny_round(**feedback) -> RoundConfig:

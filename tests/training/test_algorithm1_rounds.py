@@ -81,10 +81,17 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
-def _png(tensor) -> bytes:
+def _redraw(config: RoundConfig, policy, groups, iteration: int) -> list[str]:
+    """sha256 of the PNGs the sampling stage would store for ``groups`` (prompt id, text) from ``policy``."""
+    from training.ml.algorithm1.steps import sample_groups
     from training.stages import _png_bytes
 
-    return _png_bytes(tensor)
+    return [
+        hashlib.sha256(_png_bytes(image)).hexdigest()
+        for _, batch in sample_groups(config, policy, groups, config.push_back.samples_per_prompt, iteration)
+        for group in batch
+        for image in group
+    ]
 
 
 @celery_round
@@ -99,7 +106,7 @@ def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
     tmp_path,
     lora,
 ):
-    from training.ml.algorithm1.steps import load_policy, sample_groups
+    from training.ml.algorithm1.steps import load_policy
     from training.ml.loop import run_iteration
     from training.ml.reward.data import FolderImageLoader, read_pairs
     from training.stages import base_model, prompt_pools, write_training_pairs
@@ -160,13 +167,7 @@ def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
     policy = load_policy(family, base_path, [loop.finetuned.checkpoint.path])
     groups = [(img.prompt_id, img.prompt.text) for img in images]
     assert sorted(pid for pid, _ in groups) == sorted(sampled)
-    redrawn = [
-        hashlib.sha256(_png(image)).hexdigest()
-        for _, batch in sample_groups(config, policy, groups, config.push_back.samples_per_prompt, 0)
-        for group in batch
-        for image in group
-    ]
-    assert redrawn == [img.sha256 for img in images]
+    assert _redraw(config, policy, groups, 0) == [img.sha256 for img in images]
 
 
 @celery_round
@@ -180,7 +181,7 @@ def test_a_two_iteration_round_trains_its_second_iteration_on_top_of_the_first(
     same_threads_as_the_worker,
     lora,
 ):
-    from training.ml.algorithm1.steps import load_policy, sample_groups
+    from training.ml.algorithm1.steps import load_policy
     from training.stages import base_model
 
     client.force_login(make_user("admin"))
@@ -226,13 +227,7 @@ def test_a_two_iteration_round_trains_its_second_iteration_on_top_of_the_first(
     groups = [(img.prompt_id, img.prompt.text) for img in images]
 
     def redraw(chain_used):
-        policy = load_policy(family, base_path, chain_used)
-        return [
-            hashlib.sha256(_png(image)).hexdigest()
-            for _, batch in sample_groups(config, policy, groups, config.push_back.samples_per_prompt, 1)
-            for group in batch
-            for image in group
-        ]
+        return _redraw(config, load_policy(family, base_path, chain_used), groups, 1)
 
     stored = [img.sha256 for img in images]
     assert redraw(chain) == stored
