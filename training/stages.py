@@ -145,19 +145,18 @@ def preferred_images(categories: list[Category]) -> Callable[[int], list]:
     """Up to n (prompt, image) pairs the experts ranked first, for a diffusers base's pretraining loss."""
 
     def load(n: int) -> list:
-        loader = storage_image_loader()
-        chosen = []
         rows = ConsensusRanking.objects.filter(
             task__prompt__category__in=categories, task__prompt__split="train"
         ).select_related("task__prompt")
+        firsts: list[tuple[str, int]] = []
         for consensus in rows.order_by("task__prompt_id", "-task__iteration", "-task_id"):
-            if len(chosen) >= n:
+            if len(firsts) >= n:
                 break
-            if len(consensus.ordering[0]) != 1:  # a tie for first place names no single preferred image
-                continue
-            image = Image.objects.get(pk=consensus.ordering[0][0])
-            chosen.append((consensus.task.prompt.text, loader(image.file.name, image.sha256)))
-        return chosen
+            if len(consensus.ordering[0]) == 1:  # a tie for first place names no single preferred image
+                firsts.append((consensus.task.prompt.text, consensus.ordering[0][0]))
+        images = Image.objects.in_bulk([image_id for _, image_id in firsts])
+        loader = storage_image_loader()
+        return [(text, loader(images[i].file.name, images[i].sha256)) for text, i in firsts]
 
     return load
 
