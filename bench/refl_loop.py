@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from training.ml.algorithm1.steps import hash_rank  # noqa: E402
+from training.ml.algorithm1.steps import hash_rank, routed_reward  # noqa: E402
 from training.ml.loop import (  # noqa: E402
     LoopConfig,
     loop_round_config,
@@ -152,6 +152,10 @@ def own_sample_accuracy(
                         right += 0.5 if score_of[a] == score_of[b] else float(d > 0)
             out[f"R_{k}/{c}"] = {"accuracy": round(right / n, 3) if n else None, "pairs": int(n)}
     return out
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
@@ -282,7 +286,10 @@ def main() -> None:
     assert not validation & set(prompts), "validation prompts leaked into the evaluation set"
     # The last iteration's reward models judge every run's reward column and rerank best-of-N.
     reward_dir = args.loop_dir / f"iter_{args.iterations - 1}" / "reward"
-    last_rewards = {c: load_reward_model(reward_dir / c).eval().score for c in REWARD_CATEGORIES}
+    models = {c: load_reward_model(reward_dir / c).eval().score for c in REWARD_CATEGORIES}
+    # Each image judged by its prompt's category model only (as ReFL does with route_rewards).
+    routed = routed_reward(models, {p: REWARD_CATEGORY[sub] for p, sub, _ in items})
+    last_rewards = {"routed": routed} if config.round.feedback.route_rewards else models
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}, "eval_images": len(items)}
     results["eval_prompts"] = len(set(prompts))
     print(f"evaluation: {len(set(prompts))} held-out prompts x {args.eval_seeds} seeds = {len(items)} images")
@@ -368,7 +375,18 @@ def main() -> None:
         )
         print(
             f"    D {m['dataset_before']['pairs']} -> {m['dataset_after']['pairs']} pairs; reward val acc "
-            + ", ".join(f"{c} {r['val_accuracy']:.3f}" for c, r in m["rewards"].items())
+            + ", ".join(f"{c} {_fmt(r['val_accuracy'])}" for c, r in m["rewards"].items())
+            + (
+                "; own-sample accuracy (gate) "
+                + ", ".join(
+                    f"{c} {_fmt(r.get('own_accuracy'))} [{_fmt(r.get('own_accuracy_ci_low'))}, "
+                    f"{_fmt(r.get('own_accuracy_ci_high'))}] n={r.get('own_pairs')}"
+                    for c, r in m["rewards"].items()
+                )
+                if any(r.get("own_pairs") for r in m["rewards"].values())
+                else ""
+            )
+            + (f"; ReFL not started: {m['refl']['gate_closed']}" if m["refl"].get("gate_closed") else "")
             + f"; inserted {m['expansion']['inserted']:.0f}, above some human {m['expansion']['above_some_human']:.2f}"
             + (
                 f" (experts: {m['expansion']['expert_above_some_human']:.2f})"
