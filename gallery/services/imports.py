@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from django.db import transaction
 
 from gallery.imaging import CheckedImage
-from gallery.models import Generator, Image, Prompt
+from gallery.models import Generator, GeneratorKind, Image, Prompt
 from gallery.promptfiles import CategoryKey, UnknownCategory, category_from_file_name, resolve_category
 from gallery.services.generators import generators_ensure_itercomp_gallery
 from gallery.services.images import (
@@ -271,7 +271,12 @@ def _import_row(row: SourceRow, context: _Context) -> _RowStats:
             raise RowFailed(f"seed {image.seed} is outside the 64-bit range [{SEED_MIN}, {SEED_MAX}]")
     key = context.category_for(row)
     category, subcategory = context.rows_of(key)
-    generators = [context.generator(image.generator) for image in row.images]
+    generators = [
+        None
+        if image.generator in row.auto_generators and image.generator not in context.generators
+        else context.generator(image.generator)
+        for image in row.images
+    ]
     checked: list[CheckedImage] = []
     for image in row.images:
         try:
@@ -299,12 +304,22 @@ def _write_row(
     context: _Context,
     category: Any,
     subcategory: Any,
-    generators: list[Generator],
+    generators: list[Generator | None],
     checked: list[CheckedImage],
     written: list[str],
 ) -> _RowStats:
     stats = _RowStats()
     with transaction.atomic():
+        # An iterative IterComp record's extra models (sdxl_iteration1, omost) become import-only
+        # generators, inside the row's savepoint so a failed row leaves none behind.
+        generators = [
+            generator
+            or Generator.objects.get_or_create(
+                slug=image.generator,
+                defaults={"name": image.generator, "kind": GeneratorKind.GALLERY},
+            )[0]
+            for image, generator in zip(row.images, generators, strict=True)
+        ]
         prompt, created = prompt_ensure(
             text=row.prompt, category=category, subcategory=subcategory, source=context.source
         )
