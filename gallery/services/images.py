@@ -9,6 +9,7 @@ Image rows (say the same picture filed under two prompts) may share them.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,10 @@ def image_check_bytes(data: bytes) -> CheckedImage:
 def image_read_checked(path: Path) -> CheckedImage:
     """Read and check a local image file; the size limit is applied before anything is read."""
     try:
-        size = os.stat(path).st_size
+        status = os.stat(path)
+        if stat.S_ISDIR(status.st_mode):
+            raise IsADirectoryError(str(path))
+        size = status.st_size
         if size > settings.IMAGE_MAX_BYTES:
             raise ImageRejected(
                 f"file is {size:,} bytes, more than the limit of {settings.IMAGE_MAX_BYTES:,}"
