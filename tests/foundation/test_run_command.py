@@ -131,7 +131,10 @@ def test_run_command_brings_up_web_worker_and_embedded_servers(tmp_path):
 
 
 def _port_is_free(port: int) -> bool:
+    """Whether a server could listen on the port now: SO_REUSEADDR as gunicorn sets it, so connections left
+    in TIME_WAIT by the test's own requests do not count, while a process still listening does."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
