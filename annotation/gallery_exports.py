@@ -16,7 +16,13 @@ from django.contrib.auth.models import AbstractUser
 from annotation.models import Ranking
 from gallery.exports import image_copy_out
 from gallery.models import Image
-from rankmath.rankformats import ITERCOMP_GALLERY, ImageRewardRecord, IterCompRecord, validate_ordering
+from rankmath.rankformats import (
+    ITERCOMP_GALLERY,
+    ImageRewardRecord,
+    IterCompRecord,
+    itercomp_rank_to_ordering,
+    validate_ordering,
+)
 
 
 def _rankings_of(annotator: AbstractUser):
@@ -35,8 +41,19 @@ def _source_id(images: Iterable[Image], fallback: object) -> object:
     return fallback
 
 
+def _itercomp_gallery(by_generator: dict[str, Image]) -> tuple[str, ...] | None:
+    """The six models, then an iterative record's extra models where the imported record had them (else
+    by name); None when one of the six is missing."""
+    if not set(ITERCOMP_GALLERY) <= set(by_generator):
+        return None
+    extra = [slug for slug in by_generator if slug not in ITERCOMP_GALLERY]
+    extra.sort(key=lambda slug: (by_generator[slug].params.get("itercomp_position", 1_000_000), slug))
+    return (*ITERCOMP_GALLERY, *extra)
+
+
 def export_itercomp(*, out_path: Path, annotator: AbstractUser) -> tuple[int, int]:
-    """IterComp records of the annotator's strict rankings over the six gallery models.
+    """IterComp records of the annotator's strict rankings over the six gallery models (and the extra
+    models of iterative records, with their ``initial_rank``).
 
     Returns (records written, rankings skipped because they have ties or another image set).
     """
@@ -45,20 +62,29 @@ def export_itercomp(*, out_path: Path, annotator: AbstractUser) -> tuple[int, in
         images = {ti.image.pk: ti.image for ti in ranking.task.task_images.all()}
         by_generator = {image.generator.slug: image for image in images.values()}
         ordering = validate_ordering(ranking.ordering)
-        if sorted(by_generator) != sorted(ITERCOMP_GALLERY) or len(images) != len(ITERCOMP_GALLERY):
+        gallery = _itercomp_gallery(by_generator)
+        if gallery is None or len(images) != len(by_generator):
             skipped += 1
             continue
         if any(len(group) > 1 for group in ordering):
             skipped += 1  # IterComp's rank lists cannot express ties
             continue
+        extras = [by_generator[slug] for slug in gallery[len(ITERCOMP_GALLERY) :]]
+        initial = next(
+            (image.params["initial_rank"] for image in extras if "initial_rank" in image.params), None
+        )
         record = IterCompRecord(
-            index=int(_source_id(images.values(), ranking.task_id)),
+            index=int(_source_id([*extras, *images.values()], ranking.task_id)),
             prompt=ranking.task.prompt.text,
             images={
                 slug: image_copy_out(image, out_path.parent, f"images/{slug}")
                 for slug, image in by_generator.items()
             },
             ordering=[[images[group[0]].generator.slug] for group in ordering],
+            gallery=gallery,
+            initial_ordering=None
+            if initial is None
+            else itercomp_rank_to_ordering(initial, gallery[: len(initial)]),
         )
         records.append(record.to_json())
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,8 +4,9 @@
     .venv/bin/python bench/fuzz_api.py [--examples 100]
 
 Own database (fuzz_api_<pid>, dropped at the end), gunicorn with DEBUG=0 as in bench/load_annotators.py, a
-researcher's API token, then `schemathesis run` with the not_a_server_error check only (every operation,
---max-examples N). Prints schemathesis' summary; exit status is schemathesis'.
+researcher's API token, then `schemathesis run` with every check (`--checks all`: no server error, and
+status codes, content types, headers and bodies conforming to the schema; every operation, --max-examples
+N). Prints schemathesis' summary; exit status is schemathesis'.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from ranking_submit import _free_port  # noqa: E402
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=100)
+    parser.add_argument("--checks", default="all", help="schemathesis checks (default: all)")
     args = parser.parse_args()
     with scratch_deployment("fuzz_api") as env:
         from annotation.services.export import api_token_rotate
@@ -46,7 +48,7 @@ def main() -> int:
                     "--url",
                     base,
                     "--checks",
-                    "not_a_server_error",
+                    args.checks,
                     "--max-examples",
                     str(args.examples),
                     "-H",

@@ -11,6 +11,7 @@ from config import views
 from config.login_throttle import ThrottledLoginView
 
 handler500 = "config.views.server_error"
+handler404 = "config.views.not_found"
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -84,3 +84,12 @@ def server_error(request: HttpRequest) -> HttpResponse:
         response["Retry-After"] = str(DATABASE_DOWN_RETRY_AFTER_S)
         return response
     return defaults.server_error(request)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: under /api/ the JSON error object the OpenAPI schema documents, elsewhere Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    from django.views.defaults import page_not_found
+
+    return page_not_found(request, exception)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import MD5, Length
+from django.db.models.lookups import LessThanOrEqual
 
+from gallery.splits import PROMPT_MAX_CHARS
 from jobs.models import Job, JobStatus
 
 
@@ -54,17 +57,25 @@ class Prompt(models.Model):
     )
     source = models.SlugField(max_length=40, default="custom")
     licence = models.CharField(max_length=80, blank=True)
-    # Assigned once per prompt text (see gallery.splits) so no prompt leaks across splits.
+    # Assigned once per prompt text (see gallery.splits) so no prompt leaks across splits, unless an import
+    # pinned it (--split: a benchmark's held-out file); a pinned split is never changed by a later import.
     split = models.CharField(max_length=5, choices=Split.choices)
+    split_pinned = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [
+            # On a hash of the text: a btree entry holds at most ~2.7 kB, less than a long prompt in UTF-8.
             models.UniqueConstraint(
-                fields=["category", "subcategory", "text"],
+                F("category"),
+                F("subcategory"),
+                MD5("text"),
                 nulls_distinct=False,
-                name="prompt_unique_text_per_category",
+                name="prompt_unique_text_hash_per_category",
+            ),
+            models.CheckConstraint(
+                condition=LessThanOrEqual(Length("text"), PROMPT_MAX_CHARS), name="prompt_text_max_length"
             ),
             models.CheckConstraint(condition=~Q(text=""), name="prompt_text_not_empty"),
             models.CheckConstraint(condition=Q(split__in=Split.values), name="prompt_split_valid"),

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gallery.categories import CATEGORIES, FILE_STEMS
-from gallery.splits import normalize_prompt_text
+from gallery.splits import normalize_prompt_text, prompt_text_problem
 
 CategoryKey = tuple[str, str | None]
 
@@ -80,20 +80,31 @@ def category_from_file_name(path: str | Path) -> CategoryKey:
 
 @dataclass(frozen=True)
 class PromptLines:
-    """What a prompt file holds: its unique prompts in file order, and what was dropped."""
+    """What a prompt file holds: its unique prompts in file order, what was dropped, and what is refused."""
 
     prompts: list[str]
     lines: int
     empty: int
     duplicates: int
+    # (1-based line number, why): lines that break the prompt rules (gallery.splits) or are not UTF-8.
+    problems: list[tuple[int, str]] = field(default_factory=list)
+
+
+class UndecodableLine(str):
+    """A line that was not valid UTF-8 (its text is the reason), kept in place so line numbers stay right."""
 
 
 def dedupe_prompts(lines: Iterable[str]) -> PromptLines:
-    """Normalise whitespace, drop empty lines and exact repeats (the files hold duplicate lines)."""
+    """Apply the prompt rules, drop empty lines and exact repeats (the files hold duplicate lines)."""
     seen: dict[str, None] = {}
+    problems: list[tuple[int, str]] = []
     total = empty = duplicates = 0
     for raw in lines:
         total += 1
+        problem = str(raw) if isinstance(raw, UndecodableLine) else prompt_text_problem(raw)
+        if problem:
+            problems.append((total, problem))
+            continue
         text = normalize_prompt_text(raw)
         if not text:
             empty += 1
@@ -101,13 +112,28 @@ def dedupe_prompts(lines: Iterable[str]) -> PromptLines:
             duplicates += 1
         else:
             seen[text] = None
-    return PromptLines(prompts=list(seen), lines=total, empty=empty, duplicates=duplicates)
+    return PromptLines(prompts=list(seen), lines=total, empty=empty, duplicates=duplicates, problems=problems)
 
 
 def read_prompt_lines(path: str | Path) -> list[str]:
-    # utf-8-sig: files saved on Windows start with a BOM that would otherwise stick to the first prompt.
-    with open(path, encoding="utf-8-sig") as handle:
-        return handle.read().splitlines()
+    """The file's lines, each decoded on its own: an invalid UTF-8 line becomes an :class:`UndecodableLine`
+    naming the byte, so the error can say which line."""
+    data = Path(path).read_bytes()
+    # A BOM (files saved on Windows) would otherwise stick to the first prompt.
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines: list[str] = []
+    for raw in data.split(b"\n"):
+        raw = raw.removesuffix(b"\r")
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            lines.append(
+                UndecodableLine(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1})")
+            )
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last line starts no new one
+    return lines
 
 
 def read_prompt_file(path: str | Path) -> PromptLines:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -21,12 +22,14 @@ from rankmath.rankformats import (
     IterCompRecord,
     Ordering,
     OrderingError,
+    ordering_to_itercomp_rank,
 )
 
 FORMATS = ("folder", "manifest", "itercomp", "imagereward")
 MANIFEST_COLUMNS = ("prompt", "category", "generator", "image", "seed", "params")
 _REQUIRED_COLUMNS = ("prompt", "generator", "image")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+_GENERATOR_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}")
 
 
 class SourceError(ValueError):
@@ -53,6 +56,9 @@ class SourceRow:
     images: tuple[SourceImage, ...]
     # Tie groups of indices into ``images``, best first; None for unranked formats.
     ordering: Ordering | None = None
+    # Generators the format may register as import-only models when missing (an iterative IterComp
+    # record's extra models: sdxl_iteration1, omost).
+    auto_generators: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,28 +229,52 @@ def _skip_ws(text: str, index: int) -> int:
 
 
 def read_itercomp(path: Path) -> list[Row]:
+    """IterComp records in the studio's layout or the public repository's (no ``index``: the record's
+    position in the file, from 0; ``rank`` a digit string or a list; iterative records with extra
+    ``image_*`` models and ``initial_rank``)."""
     rows: list[Row] = []
-    for where, record in _objects(_json_records(path)):
+    for position, (where, record) in enumerate(_objects(_json_records(path))):
         if isinstance(record, RowProblem):
             rows.append(record)
             continue
         try:
-            parsed = IterCompRecord.from_json(record)
+            parsed = IterCompRecord.from_json(record, position=position)
         except (OrderingError, TypeError, ValueError) as exc:
             rows.append(RowProblem(where, f"{exc}"))
             continue
-        images = tuple(
-            SourceImage(
-                generator=name,
-                path=parsed.images[name],
-                params={"source_format": "itercomp", "source_id": parsed.index},
+        extra = parsed.gallery[len(ITERCOMP_GALLERY) :]
+        bad = [name for name in extra if not _GENERATOR_SLUG.fullmatch(name)]
+        if bad:
+            rows.append(
+                RowProblem(
+                    where, f"image key image_{bad[0][:60]} does not name a model (letters, digits, _ -)"
+                )
             )
-            for name in ITERCOMP_GALLERY
-        )
-        position = {name: i for i, name in enumerate(ITERCOMP_GALLERY)}
-        ordering = [[position[name] for name in group] for group in parsed.ordering]
+            continue
+        images = []
+        for k, name in enumerate(parsed.gallery):
+            params: dict[str, Any] = {"source_format": "itercomp", "source_id": parsed.index}
+            if name in extra:
+                # Where the extra model sits in the record, and the record's initial rank, live on the
+                # images only an iterative record has, so the export can write the record back.
+                params["itercomp_position"] = k
+                if parsed.initial_ordering is not None:
+                    params["initial_rank"] = ordering_to_itercomp_rank(
+                        parsed.initial_ordering,
+                        parsed.gallery[: sum(len(g) for g in parsed.initial_ordering)],
+                    )
+            images.append(SourceImage(generator=name, path=parsed.images[name], params=params))
+        position_of = {name: i for i, name in enumerate(parsed.gallery)}
+        ordering = [[position_of[name] for name in group] for group in parsed.ordering]
         rows.append(
-            SourceRow(where=where, prompt=parsed.prompt, category=None, images=images, ordering=ordering)
+            SourceRow(
+                where=where,
+                prompt=parsed.prompt,
+                category=None,
+                images=tuple(images),
+                ordering=ordering,
+                auto_generators=extra,
+            )
         )
     return rows
 

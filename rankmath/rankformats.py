@@ -7,6 +7,10 @@ this one also converts them to and from the two public dataset formats the proje
 * IterComp records (``rank`` lists 1-based gallery indices in rank order: ``[4, 3, 5, 2, 1, 6]`` means
   FLUX first, InstanceDiffusion last). The official IterComp code parses the field with
   ``[int(char) for char in item["rank"]]``, so a digit string such as ``"435216"`` is accepted as well.
+  The public repository's files carry no ``index`` (the record's position in the file stands in), and its
+  iterative files add images after the six (``image_sdxl_iteration1``, ``image_omost``: the gallery is the
+  six, then the extra ``image_*`` keys in the record's order), a ``rank`` over all of them and the
+  ``initial_rank`` of the first six before the new images were inserted.
 * ImageReward records (``ranking[k]`` is the rank of ``generations[k]``, 1 = best, equal ranks = tie).
 
 Pure Python, no Django: the gallery import, the annotation services and the exporters call these functions.
@@ -153,13 +157,18 @@ def _parse_rank_field(rank: Sequence[int] | str, gallery_size: int) -> list[int]
         # The official loader reads one digit per model, which only works for galleries of up to nine.
         if gallery_size > 9:
             raise OrderingError("a digit-string rank is ambiguous for galleries of more than 9 models")
-        if not rank.isdigit():
-            raise OrderingError(f"rank string must contain only digits, got {rank!r}")
+        if not rank.isascii() or not rank.isdigit():
+            raise OrderingError(f"rank string must contain only digits, got {rank[:40]!r}")
         return [int(char) for char in rank]
-    values = list(rank)
-    for value in values:
+    if isinstance(rank, bytes | Mapping) or not isinstance(rank, Iterable):
+        raise OrderingError(f"rank must be a list of integers or a digit string, got {type(rank).__name__}")
+    values = []
+    for value in rank:
+        if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 4:
+            value = int(value)  # ["4", "3", ...]: what the official loader's int(char) also reads
         if isinstance(value, bool) or not isinstance(value, int):
             raise OrderingError(f"rank entries must be integers, got {value!r}")
+        values.append(value)
     return values
 
 
@@ -189,38 +198,89 @@ def ordering_to_itercomp_rank(ordering: Ordering, gallery: Sequence[str] = ITERC
     return [index[group[0]] for group in groups]
 
 
+_IMAGE_PREFIX = "image_"
+
+
 @dataclass(frozen=True)
 class IterCompRecord:
-    """One prompt of the IterComp preference dataset: image path per gallery model plus the expert rank."""
+    """One prompt of the IterComp preference dataset: image path per gallery model plus the expert rank.
+
+    ``gallery`` is the six models, then any extra models of an iterative record; ``initial_ordering`` is the
+    ``initial_rank`` of an iterative record (over the first models of the gallery), None otherwise.
+    """
 
     index: int
     prompt: str
     images: dict[str, str]
     ordering: Ordering
     gallery: tuple[str, ...] = ITERCOMP_GALLERY
+    initial_ordering: Ordering | None = None
 
     def __post_init__(self) -> None:
         missing = [name for name in self.gallery if name not in self.images]
         if missing:
             raise OrderingError(f"record {self.index}: no image for {missing}")
+        if len(set(self.gallery)) != len(self.gallery):
+            raise OrderingError(f"record {self.index}: a model appears twice in the gallery")
         groups = validate_ordering(self.ordering, items=self.gallery, allow_ties=False)
         object.__setattr__(self, "ordering", groups)
+        if self.initial_ordering is not None:
+            initial = validate_ordering(self.initial_ordering, allow_ties=False)
+            size = len(ordering_items(initial))
+            validate_ordering(initial, items=self.gallery[:size], allow_ties=False)
+            object.__setattr__(self, "initial_ordering", initial)
 
     @classmethod
     def from_json(
-        cls, record: Mapping[str, Any], gallery: Sequence[str] = ITERCOMP_GALLERY
+        cls,
+        record: Mapping[str, Any],
+        gallery: Sequence[str] = ITERCOMP_GALLERY,
+        position: int | None = None,
     ) -> IterCompRecord:
-        """Parse one JSON object; a missing key is an :class:`OrderingError` naming it."""
-        keys = ["index", "prompt", "rank", *(itercomp_image_key(name) for name in gallery)]
+        """Parse one JSON object; a missing key is an :class:`OrderingError` naming it.
+
+        Without ``index`` the record's ``position`` in its file is its index (the public files have none);
+        ``image_*`` keys beyond ``gallery`` extend it in the record's key order.
+        """
+        keys = ["prompt", "rank", *(itercomp_image_key(name) for name in gallery)]
+        if position is None:
+            keys.insert(0, "index")
         missing = [key for key in keys if key not in record]
         if missing:
             raise OrderingError(f"IterComp record lacks keys {missing}")
+        if not isinstance(record["prompt"], str):
+            raise OrderingError(f"prompt must be a string, got {type(record['prompt']).__name__}")
+        index = record.get("index", position)
+        if isinstance(index, bool) or not isinstance(index, int | str):
+            raise OrderingError(f"index must be an integer, got {index!r}")
+        try:
+            index = int(index)
+        except ValueError:
+            raise OrderingError(f"index must be an integer, got {index!r}") from None
+        extra = [
+            key.removeprefix(_IMAGE_PREFIX)
+            for key in record
+            if key.startswith(_IMAGE_PREFIX) and key.removeprefix(_IMAGE_PREFIX) not in gallery
+        ]
+        full = (*gallery, *extra)
+        for name in full:
+            if not isinstance(record[itercomp_image_key(name)], str):
+                raise OrderingError(f"{itercomp_image_key(name)} must be a path (a string)")
+        initial = None
+        if record.get("initial_rank") is not None:
+            values = _parse_rank_field(record["initial_rank"], len(full))
+            if not values or len(values) > len(full):
+                raise OrderingError(
+                    f"initial_rank must rank the first models of the gallery, got {len(values)} entries"
+                )
+            initial = itercomp_rank_to_ordering(values, full[: len(values)])
         return cls(
-            index=int(record["index"]),
-            prompt=str(record["prompt"]),
-            images={name: str(record[itercomp_image_key(name)]) for name in gallery},
-            ordering=itercomp_rank_to_ordering(record["rank"], gallery),
-            gallery=tuple(gallery),
+            index=index,
+            prompt=record["prompt"],
+            images={name: record[itercomp_image_key(name)] for name in full},
+            ordering=itercomp_rank_to_ordering(record["rank"], full),
+            gallery=full,
+            initial_ordering=initial,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -229,6 +289,9 @@ class IterCompRecord:
         for name in self.gallery:
             record[itercomp_image_key(name)] = self.images[name]
         record["index"] = self.index
+        if self.initial_ordering is not None:
+            size = len(ordering_items(self.initial_ordering))
+            record["initial_rank"] = ordering_to_itercomp_rank(self.initial_ordering, self.gallery[:size])
         record["rank"] = ordering_to_itercomp_rank(self.ordering, self.gallery)
         return record
 

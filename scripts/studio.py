@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import venv
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -159,6 +159,55 @@ def _manage(env: dict[str, str], *args: str) -> None:
 # --- commands ---------------------------------------------------------------------------------------
 
 
+STOP_GRACE_S = 10.0
+
+
+def start_child(cmd: list[str], **kwargs: object) -> subprocess.Popen:
+    """A child in a process group of its own (new session), so stopping it reaches every process it forks
+    (gunicorn's and Celery's workers) and a terminal's Ctrl-C reaches only this script, which then stops
+    the groups in order."""
+    return subprocess.Popen(cmd, start_new_session=True, **kwargs)  # type: ignore[call-overload]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_children(children: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> list[int]:
+    """SIGTERM every child's process group, wait up to ``grace_s`` for all of them (leaders reaped, groups
+    empty), then SIGKILL the groups still alive. Returns the process groups that had to be killed."""
+    groups = [child.pid for child in children]  # start_new_session: each child leads its own group
+    for pgid in groups:
+        with suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        for child in children:
+            child.poll()  # reap exited leaders, or their group would look alive as zombies
+        if not any(_group_alive(pgid) for pgid in groups):
+            return []
+        time.sleep(0.1)
+    killed = [pgid for pgid in groups if _group_alive(pgid)]
+    for pgid in killed:
+        with suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        for child in children:
+            child.poll()
+        # Orphaned workers linger as zombies until init reaps them; they hold no port.
+        if not any(_group_alive(pgid) for pgid in killed):
+            break
+        time.sleep(0.1)
+    return killed
+
+
 def cmd_run(argv: list[str]) -> int:
     ensure_venv(dev=False)
     host = os.environ.get("STUDIO_HOST", "127.0.0.1")
@@ -176,9 +225,7 @@ def cmd_run(argv: list[str]) -> int:
 
         def spawn(name: str, cmd: list[str]) -> None:
             logfile = open(VAR / "log" / f"{name}.log", "ab")
-            children.append(
-                subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=logfile, stderr=subprocess.STDOUT)
-            )
+            children.append(start_child(cmd, env=env, cwd=ROOT, stdout=logfile, stderr=subprocess.STDOUT))
             log(f"started {name} (pid {children[-1].pid}, log var/log/{name}.log)")
 
         venv_bin = Path(sys.executable).parent
@@ -233,13 +280,11 @@ def cmd_run(argv: list[str]) -> int:
                         stop["now"] = True
                 time.sleep(0.5)
         finally:
-            for child in children:
-                child.terminate()
-            for child in children:
-                try:
-                    child.wait(15)
-                except subprocess.TimeoutExpired:
-                    child.kill()
+            # A second Ctrl-C while stopping must not abandon the children half-stopped.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            killed = stop_children(children)
+            if killed:
+                log(f"process groups {killed} ignored SIGTERM for {STOP_GRACE_S:.0f} s: killed")
             log("stopped")
     return 0
 

@@ -80,9 +80,9 @@ class ExportSpec:
             )
 
     @classmethod
-    def parse(cls, kind: str, format: str, params) -> ExportSpec:
+    def parse(cls, kind: str, format: str, params, strict: bool = False) -> ExportSpec:
         try:
-            return cls(kind=kind, format=format, filters=ExportFilters.from_mapping(params))
+            return cls(kind=kind, format=format, filters=ExportFilters.from_mapping(params, strict=strict))
         except FilterError as exc:
             raise ExportError(str(exc)) from None
 

@@ -20,10 +20,15 @@ from typing import Any, Protocol
 from django.db import transaction
 
 from gallery.imaging import CheckedImage
-from gallery.models import Generator, Image, Prompt
+from gallery.models import Generator, GeneratorKind, Image, Prompt
 from gallery.promptfiles import CategoryKey, UnknownCategory, category_from_file_name, resolve_category
 from gallery.services.generators import generators_ensure_itercomp_gallery
-from gallery.services.images import NewImage, image_read_checked, images_register
+from gallery.services.images import (
+    NewImage,
+    image_read_checked,
+    images_register,
+    storage_remove_unreferenced,
+)
 from gallery.services.prompts import category_get, prompt_ensure
 from gallery.sources import (
     FORMATS,
@@ -36,12 +41,15 @@ from gallery.sources import (
     read_manifest,
     safe_join,
 )
+from gallery.splits import prompt_text_problem
 
 RANKED_FORMATS = ("itercomp", "imagereward")
 # Rows per transaction. Each row is a savepoint inside it, so a bad row still leaves nothing behind, while
 # the commit (a WAL flush) is paid once per chunk instead of once per row. An interrupted import loses at
 # most the open chunk, and re-importing is idempotent.
 COMMIT_EVERY = 100
+# Image.seed is a PostgreSQL bigint.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
 
 
 class GalleryImportError(ValueError):
@@ -72,6 +80,7 @@ class ImportReport:
     prompts_created: int = 0
     images_created: int = 0
     images_existing: int = 0
+    images_generator_kept: int = 0  # bytes the prompt already had under another generator (not re-labelled)
     files_stored: int = 0
     rankings_created: int = 0
     rankings_existing: int = 0
@@ -84,7 +93,13 @@ class ImportReport:
         return (
             f"{self.rows_ok}/{self.rows} rows imported, {self.rows_failed} failed; "
             f"{self.prompts_created} new prompts; {self.images_created} new images "
-            f"({self.images_existing} already present, {self.files_stored} new files stored); "
+            f"({self.images_existing} already present"
+            + (
+                f", {self.images_generator_kept} of them filed under another generator, kept as they are"
+                if self.images_generator_kept
+                else ""
+            )
+            + f", {self.files_stored} new files stored); "
             f"{self.rankings_created} new rankings ({self.rankings_existing} already present)"
         )
 
@@ -94,6 +109,7 @@ class _RowStats:
     prompts_created: int = 0
     images_created: int = 0
     images_existing: int = 0
+    images_generator_kept: int = 0
     files_stored: int = 0
     rankings_created: int = 0
     rankings_existing: int = 0
@@ -245,9 +261,22 @@ def _describe(exc: Exception) -> str:
 
 
 def _import_row(row: SourceRow, context: _Context) -> _RowStats:
+    """Check everything the row needs, then write it in a savepoint; on failure the files the row stored
+    are removed again, so a failed row leaves nothing in the database or in storage."""
+    problem = prompt_text_problem(row.prompt)
+    if problem:
+        raise RowFailed(f"prompt: {problem}")
+    for image in row.images:
+        if image.seed is not None and not SEED_MIN <= image.seed <= SEED_MAX:
+            raise RowFailed(f"seed {image.seed} is outside the 64-bit range [{SEED_MIN}, {SEED_MAX}]")
     key = context.category_for(row)
     category, subcategory = context.rows_of(key)
-    generators = [context.generator(image.generator) for image in row.images]
+    generators = [
+        None
+        if image.generator in row.auto_generators and image.generator not in context.generators
+        else context.generator(image.generator)
+        for image in row.images
+    ]
     checked: list[CheckedImage] = []
     for image in row.images:
         try:
@@ -255,14 +284,42 @@ def _import_row(row: SourceRow, context: _Context) -> _RowStats:
         except ValueError as exc:
             raise RowFailed(f"image {image.path!r}: {exc}") from None
     if row.ordering is not None:
-        seen: dict[tuple[str, str], int] = {}
+        seen: dict[str, int] = {}
         for index, (image, content) in enumerate(zip(row.images, checked, strict=True)):
-            other = seen.setdefault((image.generator, content.sha256), index)
+            other = seen.setdefault(content.sha256, index)
             if other != index:
                 # The same picture twice in one ranking cannot be ranked against itself.
                 raise RowFailed(f"images {row.images[other].path!r} and {image.path!r} are identical files")
+    written: list[str] = []
+    try:
+        return _write_row(row, context, category, subcategory, generators, checked, written)
+    except BaseException:
+        if written:
+            storage_remove_unreferenced(written)
+        raise
+
+
+def _write_row(
+    row: SourceRow,
+    context: _Context,
+    category: Any,
+    subcategory: Any,
+    generators: list[Generator | None],
+    checked: list[CheckedImage],
+    written: list[str],
+) -> _RowStats:
     stats = _RowStats()
     with transaction.atomic():
+        # An iterative IterComp record's extra models (sdxl_iteration1, omost) become import-only
+        # generators, inside the row's savepoint so a failed row leaves none behind.
+        generators = [
+            generator
+            or Generator.objects.get_or_create(
+                slug=image.generator,
+                defaults={"name": image.generator, "kind": GeneratorKind.GALLERY},
+            )[0]
+            for image, generator in zip(row.images, generators, strict=True)
+        ]
         prompt, created = prompt_ensure(
             text=row.prompt, category=category, subcategory=subcategory, source=context.source
         )
@@ -274,11 +331,13 @@ def _import_row(row: SourceRow, context: _Context) -> _RowStats:
                 for image, generator, content in zip(row.images, generators, checked, strict=True)
             ],
             iteration=context.iteration,
+            written=written,
         )
         registered = [result.image for result in results]
         for result in results:
             stats.images_created += result.created
             stats.images_existing += not result.created
+            stats.images_generator_kept += result.other_generator
             stats.files_stored += result.stored
         ranked = row.ordering is not None and context.rankings is not None
         if ranked:

@@ -127,12 +127,23 @@ def test_openapi_schema_documents_the_research_endpoints(researcher_client):
     for path in (
         "/api/pairs/",
         "/api/rankings/",
-        "/api/export/{kind}/{fmt}/",
+        "/api/export/pairs/{fmt}/",
+        "/api/export/rankings/{fmt}/",
         "/api/exports/",
         "/api/exports/{id}/download/",
         "/api/snapshots/",
     ):
         assert path in schema["paths"], path
-    parameters = {p["name"] for p in schema["paths"]["/api/export/{kind}/{fmt}/"]["get"]["parameters"]}
-    assert {"category", "split", "min_agreement", "source", "raw"} <= parameters
+    parameters = {p["name"]: p for p in schema["paths"]["/api/export/rankings/{fmt}/"]["get"]["parameters"]}
+    assert {"category", "split", "min_agreement", "source", "raw"} <= set(parameters)
+    assert sorted(parameters["fmt"]["schema"]["enum"]) == [
+        "csv",
+        "imagereward",
+        "itercomp",
+        "jsonl",
+        "parquet",
+    ]
+    pairs = schema["paths"]["/api/export/pairs/{fmt}/"]["get"]
+    assert {"text/csv", "application/vnd.apache.parquet"} <= set(pairs["responses"]["200"]["content"])
+    assert {"400", "401", "403", "404", "413"} <= set(pairs["responses"])
     assert "tokenAuth" in schema["components"]["securitySchemes"]

@@ -126,3 +126,76 @@ def test_run_command_brings_up_web_worker_and_embedded_servers(tmp_path):
     assert "stopped" in rest
     # The embedded PostgreSQL stopped with its last holder.
     assert not (tmp_path / "var" / "pg" / "postmaster.pid").exists()
+    # Every child (gunicorn's master and workers, Celery) is gone: the port can be bound again at once.
+    assert _port_is_free(port)
+
+
+def _port_is_free(port: int) -> bool:
+    """Whether a server could listen on the port now: SO_REUSEADDR as gunicorn sets it, so connections left
+    in TIME_WAIT by the test's own requests do not count, while a process still listening does."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _load_studio():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("studio_script", ROOT / "scripts" / "studio.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stop_kills_a_gunicorn_whose_workers_ignore_sigterm_and_frees_the_port(tmp_path):
+    """What the issue saw: Ctrl-C left gunicorn workers alive on the port. Here the workers ignore SIGTERM
+    on purpose; the run command's stop (process group, bounded wait, SIGKILL) still frees the port."""
+    studio = _load_studio()
+    (tmp_path / "app.py").write_text(
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'ok']\n"
+    )
+    (tmp_path / "stubborn.py").write_text(
+        "import signal\n"
+        "def post_worker_init(worker):\n"
+        "    signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "    signal.signal(signal.SIGQUIT, signal.SIG_IGN)\n"
+        "    signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+    )
+    port = _free_port()
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    child = studio.start_child(
+        [
+            str(gunicorn),
+            "app:app",
+            "-c",
+            "stubborn.py",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            "2",
+            "--graceful-timeout",
+            "60",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while _port_is_free(port):
+        assert time.monotonic() < deadline and child.poll() is None, "gunicorn did not start"
+        time.sleep(0.2)
+    time.sleep(1.0)  # the workers have run post_worker_init
+    started = time.monotonic()
+    killed = studio.stop_children([child], grace_s=2.0)
+    assert killed == [child.pid]  # the SIGTERM was ignored, so the group had to be killed
+    assert time.monotonic() - started < 10
+    assert child.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(child.pid, 0)
+    assert _port_is_free(port)

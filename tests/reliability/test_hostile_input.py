@@ -19,6 +19,25 @@ from tests.consensus import factories as f
 pytestmark = pytest.mark.django_db
 
 
+def stored_files() -> list[str]:
+    """Every file in the default storage (what an import or export wrote), sorted."""
+    from django.core.files.storage import default_storage
+
+    found: list[str] = []
+
+    def walk(folder: str) -> None:
+        try:
+            folders, files = default_storage.listdir(folder)
+        except FileNotFoundError:
+            return
+        found.extend(f"{folder}/{name}".lstrip("/") for name in files)
+        for sub in folders:
+            walk(f"{folder}/{sub}".lstrip("/"))
+
+    walk("")
+    return sorted(found)
+
+
 def fingerprint() -> tuple:
     from annotation.models import DatasetSnapshot, PreferencePair
 
@@ -160,7 +179,7 @@ def test_malformed_input_is_refused_with_a_message_and_changes_nothing(case, set
         from gallery.services.generators import generators_ensure_itercomp_gallery
 
         generators_ensure_itercomp_gallery()
-    before = fingerprint()
+    before, files_before = fingerprint(), stored_files()
     if case.kind == "import":
         report = _import(tmp_path, *case.data, settings)
         assert report.rows_ok == 0 and report.rows_failed == 1, report.summary()
@@ -182,3 +201,4 @@ def test_malformed_input_is_refused_with_a_message_and_changes_nothing(case, set
         body = response.content.decode(errors="replace")
         assert len(body.strip()) > 0, "a refusal says why"
     assert fingerprint() == before
+    assert stored_files() == files_before
