@@ -4,6 +4,21 @@ import django.db.models.functions.text
 import django.db.models.lookups
 from django.db import migrations, models
 
+MAX_PROMPT_CHARS = 1000
+
+
+def refuse_over_long_prompts(apps, schema_editor):
+    # Stated here, before the constraint: a raw check-constraint failure would not say which rows.
+    Prompt = apps.get_model("gallery", "Prompt")
+    too_long = [
+        p.pk for p in Prompt.objects.only("pk", "text").iterator() if len(p.text) > MAX_PROMPT_CHARS
+    ]
+    if too_long:
+        raise RuntimeError(
+            f"{len(too_long)} prompt(s) exceed {MAX_PROMPT_CHARS} characters (ids {too_long[:20]}); "
+            "shorten or delete them, then migrate again"
+        )
+
 
 class Migration(migrations.Migration):
 
@@ -25,6 +40,7 @@ class Migration(migrations.Migration):
             model_name='prompt',
             constraint=models.UniqueConstraint(models.F('category'), models.F('subcategory'), django.db.models.functions.text.MD5('text'), name='prompt_unique_text_hash_per_category', nulls_distinct=False),
         ),
+        migrations.RunPython(refuse_over_long_prompts, migrations.RunPython.noop),
         migrations.AddConstraint(
             model_name='prompt',
             constraint=models.CheckConstraint(condition=django.db.models.lookups.LessThanOrEqual(django.db.models.functions.text.Length('text'), 1000), name='prompt_text_max_length'),
