@@ -65,13 +65,17 @@ def eval_set(per_sub: int, seeds: int) -> list[tuple[str, str, int]]:
 
 @torch.no_grad()
 def generate(
-    adapter: WorldAdapter, items: Sequence[tuple[str, str, int]], steps: int, guidance: float
+    adapter: WorldAdapter,
+    items: Sequence[tuple[str, str, int]],
+    steps: int,
+    guidance: float,
+    noise_base: int = EVAL_NOISE_BASE,
 ) -> torch.Tensor:
     chunks = []
     for start in range(0, len(items), 16):
         chunk = items[start : start + 16]
         # Noise from (prompt index, seed) alone: every model sees exactly the same starting points.
-        seeds = [EVAL_NOISE_BASE + 97 * i + s for i, (_, _, s) in enumerate(chunk, start)]
+        seeds = [noise_base + 97 * i + s for i, (_, _, s) in enumerate(chunk, start)]
         chunks.append(
             sample(
                 adapter,
@@ -154,6 +158,85 @@ def own_sample_accuracy(
     return out
 
 
+def hacking_stats(items: Sequence[tuple[str, str, int]], images: torch.Tensor) -> dict[str, float]:
+    """What the oracle's score can hide: extra objects, a tinted background, striped objects.
+
+    - extra_objects: share of images where the oracle sees an object the prompt did not ask for;
+    - background_tint: mean |pixel − the world's background colour| on the 2-pixel border (objects are
+      placed inside the canvas, so the border is background in a correct image), in [0, 1];
+    - stripes: mean |row-to-row difference| over object pixels (those further than 0.1 from the
+      background), i.e. horizontal high-frequency energy painted onto objects.
+    """
+    from training.ml.world.oracle import oracle_report
+    from training.ml.world.vocab import BACKGROUND
+
+    background = torch.tensor(BACKGROUND, dtype=torch.float32).view(3, 1, 1) / 255.0
+    extras, tints, stripes = [], [], []
+    for (prompt, _, _), image in zip(items, images, strict=True):
+        extras.append(float(oracle_report(prompt, image.permute(1, 2, 0).numpy())["n_extra"] > 0))
+        deviation = (image - background).abs()
+        border = torch.ones(image.shape[1:], dtype=torch.bool)
+        border[2:-2, 2:-2] = False
+        tints.append(float(deviation[:, border].mean()))
+        objects = deviation.mean(0) > 0.1
+        rows = (image[:, 1:, :] - image[:, :-1, :]).abs().mean(0)
+        mask = objects[1:, :] & objects[:-1, :]
+        stripes.append(float(rows[mask].mean()) if mask.any() else 0.0)
+    return {
+        "extra_objects": float(np.mean(extras)),
+        "background_tint": float(np.mean(tints)),
+        "stripes": float(np.mean(stripes)),
+    }
+
+
+def learning_validity_summary(
+    args: argparse.Namespace,
+    table: list[dict[str, Any]],
+    metrics: list[dict[str, Any]],
+    results: dict[str, Any],
+) -> dict[str, Any]:
+    """The learning-validity issue's keys: reward accuracy (own samples, gallery), best-of-4 gain, and per
+    iteration and baseline the oracle per category with its relative gain and paired 95 % interval."""
+    last_rewards = metrics[-1]["rewards"] if metrics else {}
+    first_rewards = metrics[0]["rewards"] if metrics else {}
+    rows = []
+    base = table[0]["mean"]
+    for row in table:
+        name = row["run"]
+        k = int(name.split()[-1]) if name.startswith("iteration ") else None
+        for category in REWARD_CATEGORIES:
+            d = row["vs_iteration_0"][category]
+            rows.append(
+                {
+                    "k": k,
+                    "run": name,
+                    "category": category,
+                    "oracle": row["mean"][category],
+                    "rel_gain": d["diff"] / base[category] if base[category] else None,
+                    "gap_closed": d["diff"] / (1 - base[category]) if base[category] < 1 else None,
+                    "ci_low": d["lo"],
+                    "ci_high": d["hi"],
+                    "hacking": row.get("hacking"),
+                }
+            )
+    best_of = next((r for r in table if r["run"] == f"p0 best-of-{args.best_of}"), None)
+    return {
+        "guidance": args.guidance,
+        # Gate metric of the last iteration's reward models: held-out panel-ranked pairs of p_k's samples.
+        "rm_own_accuracy": {c: r.get("own_accuracy") for c, r in last_rewards.items()},
+        "rm_own_accuracy_ci_low": {c: r.get("own_accuracy_ci_low") for c, r in last_rewards.items()},
+        "rm_own_pairs": {c: r.get("own_pairs") for c, r in last_rewards.items()},
+        # R_0's accuracy on held-out gallery pairs (its validation split).
+        "rm_gallery_accuracy": {c: r.get("val_accuracy") for c, r in first_rewards.items()},
+        "best_of_4_gain": best_of["vs_iteration_0"]["overall"]["diff"]
+        if best_of and args.best_of == 4
+        else None,
+        "iterations": [r for r in rows if r["k"] is not None],
+        "baselines": [r for r in rows if r["k"] is None],
+        "reward_accuracy_on_p0_seed_pairs": results.get("reward_accuracy_on_p0"),
+    }
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -233,6 +316,16 @@ def main() -> None:
     parser.add_argument(
         "--expert-pushback", action="store_true", help="the panel re-ranks each group after expansion"
     )
+    parser.add_argument(
+        "--own-groups-per-category", type=int, default=0, help="groups of p_k's own samples the panel ranks"
+    )
+    parser.add_argument("--own-group-size", type=int, default=4)
+    parser.add_argument("--gate", choices=("require", "measured", "off"), default="measured")
+    parser.add_argument("--guard-rule", choices=("paired", "best_mean"), default="paired")
+    parser.add_argument("--guard-seeds", type=int, default=3)
+    parser.add_argument(
+        "--oracle-best-of", type=int, default=4, help="ceiling: p_0 best-of-N chosen by the oracle (0: skip)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -251,6 +344,9 @@ def main() -> None:
             learning_rate=args.refl_lr,
             reward_scale=args.reward_scale,
             guard_every=args.guard_every,
+            guard_rule=args.guard_rule,
+            guard_seeds=args.guard_seeds,
+            gate=args.gate,
             lora=args.lora,
         ),
         push_back=dataclasses.replace(
@@ -268,6 +364,8 @@ def main() -> None:
         val_prompts_per_subcategory=args.val_per_sub,
         base_in_gallery=args.base_in_gallery,
         base_samples=args.base_samples,
+        own_groups_per_category=args.own_groups_per_category,
+        own_group_size=args.own_group_size,
         round=round_config,
     )
     if args.reuse:
@@ -299,7 +397,12 @@ def main() -> None:
     def record(name: str, images: torch.Tensor, extra: dict[str, Any] | None = None) -> None:
         oracle = oracle_evaluator(prompts, images).tolist()
         reward = rewards_of(last_rewards, prompts, images)
-        runs[name] = {"oracle": oracle, "reward": float(np.mean(reward)), **(extra or {})}
+        runs[name] = {
+            "oracle": oracle,
+            "reward": float(np.mean(reward)),
+            "hacking": hacking_stats(items, images),
+            **(extra or {}),
+        }
         images_of[name] = images[:: max(1, len(items) // 12)][:12]
         s = summarise(items, oracle)
         print(
@@ -337,6 +440,17 @@ def main() -> None:
             batch_size=16,
         )
         record(f"p{k} best-of-{args.best_of}", chosen.images)
+    if not args.skip_baselines and args.oracle_best_of > 0:
+        # The ceiling of reranking: the same p_0, candidates chosen by the oracle itself.
+        # The first candidate is p_0's evaluation image itself, so the ceiling is never below p_0.
+        candidates = [images_all_p0] + [
+            generate(world_policy(config), items, args.steps, args.guidance, EVAL_NOISE_BASE + 7919 * (n + 1))
+            for n in range(args.oracle_best_of - 1)
+        ]
+        scored = torch.tensor([oracle_evaluator(prompts, c).tolist() for c in candidates])  # [N, items]
+        best = scored.argmax(0)
+        ceiling = torch.stack([candidates[int(n)][i] for i, n in enumerate(best)])
+        record(f"p0 oracle best-of-{args.oracle_best_of}", ceiling)
 
     results["reward_accuracy_on_p0"] = own_sample_accuracy(
         args, items, images_all_p0, runs["iteration 0"]["oracle"]
@@ -349,7 +463,9 @@ def main() -> None:
     for name, run in runs.items():
         s = summarise(items, run["oracle"])
         ci = paired_bootstrap(items, reference, run["oracle"], args.bootstrap, args.seed)
-        table.append({"run": name, "mean": s, "vs_iteration_0": ci, "reward": run["reward"]})
+        table.append(
+            {"run": name, "mean": s, "vs_iteration_0": ci, "reward": run["reward"], "hacking": run["hacking"]}
+        )
     results["table"] = table
 
     print(
@@ -396,8 +512,13 @@ def main() -> None:
             + f"; seconds {m['seconds']}"
         )
     plot_curves(metrics, OUT / f"refl_loop{args.tag}_curves.png")
-    last = f"iteration {len(policies) - 1}"
-    sample_grid([images_of["iteration 0"], images_of[last]], OUT / f"refl_loop{args.tag}_samples.png")
+    # p_0 .. p_K on the same noise, one row each.
+    sample_grid(
+        [images_of[f"iteration {k}"] for k in range(len(policies))], OUT / f"refl_loop{args.tag}_samples.png"
+    )
+    summary = learning_validity_summary(args, table, metrics, results)
+    (OUT / f"refl_loop{args.tag}_learning_validity.json").write_text(json.dumps(summary, indent=1))
+    print(f"learning-validity summary: {OUT}/refl_loop{args.tag}_learning_validity.json")
     results["curves"] = [{"iteration": m["iteration"], "guard": m["refl"]["guard_history"]} for m in metrics]
     results["loop_metrics"] = [{k: v for k, v in m.items() if k != "refl_curve"} for m in metrics]
     results["seconds"] = {"loop": round(loop_seconds), "total": round(time.perf_counter() - t_start)}
