@@ -387,13 +387,16 @@
   document.addEventListener("DOMContentLoaded", function () { init(document); });
 
   // htmx swaps a new task in after each submit: wire it, and move focus to its prompt so the keyboard
-  // user (and a screen reader) lands on the new task.
-  document.addEventListener("htmx:afterSettle", function (e) {
-    const target = e.detail && e.detail.elt ? e.detail.elt : document;
-    const scope = document.getElementById("task") || target;
-    init(scope);
+  // user (and a screen reader) lands on the new task. This runs on afterSwap, in the same task as the
+  // swap itself: afterSettle comes a settle delay later (a timer, longer on a busy machine), and in that
+  // gap the new task was on screen with focus on <body> and no ranker wired, so keys pressed then were lost.
+  document.addEventListener("htmx:afterSwap", function (e) {
+    const task = document.getElementById("task");
+    if (!task || task._wired) return; // afterSwap fires once per swapped element
+    task._wired = true;
+    init(task);
     const title = document.getElementById("task-title");
-    if (title && scope.contains(title)) title.focus({ preventScroll: false });
+    if (title && task.contains(title)) title.focus({ preventScroll: false });
   });
 
   // A refused submission comes back as 4xx with the task and the reason; show it in place.
