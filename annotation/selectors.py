@@ -50,17 +50,21 @@ class ShownImage:
     alt: str
     rank: int | None = None  # pre-filled rank (after a refused submission, or when correcting)
     pixelated: bool = False
+    # The original file (content-addressed, blind too) at its natural size, for the zoom and compare views.
+    full_url: str = ""
+    full_width: int = 0
+    full_height: int = 0
 
 
-def _display(image: Image, *, alt: str) -> tuple[str, int, int, bool]:
+def _display(image: Image, *, alt: str) -> tuple[str, int, int, bool, str]:
     """URL and size from the gallery's display selector (derivative, content-addressed, blind)."""
     try:
         from gallery.selectors import image_display
 
         shown = image_display(image, alt=alt)
-        return shown.url, shown.width, shown.height, shown.pixelated
+        return shown.url, shown.width, shown.height, shown.pixelated, shown.original_url
     except (ImportError, NoReverseMatch):  # the gallery's file route is being built alongside
-        return image.file.url, image.width, image.height, False
+        return image.file.url, image.width, image.height, False, image.file.url
 
 
 def shown_images(
@@ -73,7 +77,7 @@ def shown_images(
     for i, image_id in enumerate(shown_order, start=1):
         image = images[image_id]
         alt = f"Candidate image {i} of {n}"
-        url, width, height, pixelated = _display(image, alt=alt)
+        url, width, height, pixelated, full_url = _display(image, alt=alt)
         result.append(
             ShownImage(
                 label=i,
@@ -83,6 +87,9 @@ def shown_images(
                 alt=alt,
                 rank=(ranks or {}).get(i),
                 pixelated=pixelated,
+                full_url=full_url,
+                full_width=image.width,
+                full_height=image.height,
             )
         )
     return result
