@@ -15,7 +15,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.urls import NoReverseMatch
 from django.utils import timezone
 
@@ -28,8 +28,8 @@ from annotation.models import (
     Role,
     TaskClaim,
     TaskFlag,
-    TaskStatus,
 )
+from annotation.services.claims import claimable_tasks
 from annotation.services.submission import CORRECTION_WINDOW_SECONDS, positions_from_ordering
 from gallery.models import Category, Image, Prompt
 
@@ -116,27 +116,33 @@ def progress_for(*, annotator: AbstractBaseUser, category: Category, now: dateti
     return Progress(
         done_today=counts["today"],
         done_total=counts["total"],
-        remaining_in_category=_available_tasks(annotator=annotator, category=category, now=now).count(),
+        remaining_in_category=_rankable_counts(annotator=annotator, now=now).get(category.pk, 0),
     )
 
 
-def _available_tasks(*, annotator: AbstractBaseUser, category: Category | None, now: datetime) -> QuerySet:
-    """Open tasks this annotator has not ranked (nor skipped) and that still need rankings."""
-    qs = RankingTask.objects.filter(status=TaskStatus.OPEN)
-    if category is not None:
-        qs = qs.filter(prompt__category=category)
-    return (
-        qs.exclude(Exists(Ranking.objects.filter(task=OuterRef("pk"), annotator=annotator)))
-        .exclude(
-            Exists(
-                TaskClaim.objects.filter(task=OuterRef("pk"), annotator=annotator).exclude(
-                    status=ClaimStatus.ACTIVE
-                )
-            )
-        )
-        .annotate(n_ranked=Count("rankings", distinct=True))
-        .filter(n_ranked__lt=F("required_rankings"))
+def _rankable_counts(*, annotator: AbstractBaseUser, now: datetime) -> dict[int, int]:
+    """Per category id: the tasks this annotator holds a live lease on plus those a claim can take now.
+
+    The same query the claimer draws from (``claimable_tasks``), so the number is what the annotator will
+    actually be given — not tasks whose free slots other annotators hold.
+    """
+    counts: dict[int, int] = {}
+    claimable = (
+        claimable_tasks(annotator=annotator, now=now)
+        .order_by()
+        .values("prompt__category")
+        .annotate(n=Count("pk"))
+        .values_list("prompt__category", "n")
     )
+    held = (
+        TaskClaim.objects.filter(annotator=annotator, status=ClaimStatus.ACTIVE, expires_at__gt=now)
+        .values("task__prompt__category")
+        .annotate(n=Count("pk"))
+        .values_list("task__prompt__category", "n")
+    )
+    for category_id, n in [*claimable, *held]:
+        counts[category_id] = counts.get(category_id, 0) + n
+    return counts
 
 
 @dataclass
@@ -253,13 +259,7 @@ def ranking_of(*, ranking_id: int) -> Ranking | None:
 
 def queue_overview(*, annotator: AbstractBaseUser) -> list[dict[str, Any]]:
     """Per category: tasks waiting for this annotator and how many they ranked there."""
-    now = timezone.now()
-    waiting = dict(
-        _available_tasks(annotator=annotator, category=None, now=now)
-        .values("prompt__category")
-        .annotate(n=Count("pk", distinct=True))
-        .values_list("prompt__category", "n")
-    )
+    waiting = _rankable_counts(annotator=annotator, now=timezone.now())
     done = dict(
         Ranking.objects.filter(annotator=annotator)
         .values("task__prompt__category")
