@@ -30,6 +30,7 @@ from annotation.models import (
     TaskFlag,
 )
 from annotation.services.claims import claimable_tasks
+from annotation.services.review import SKIP_UNDO_SECONDS, skip_undoable
 from annotation.services.submission import CORRECTION_WINDOW_SECONDS, positions_from_ordering
 from gallery.models import Category, Image, Prompt
 
@@ -160,6 +161,17 @@ class RankingPage:
     error: str | None = None
     allows_ties: bool = False
     keys: list[int] = field(default_factory=list)
+    # Confirmations of what the annotator just did: a skip they may still undo, or a flag sent.
+    skipped: TaskFlag | None = None
+    undo_until_ms: int = 0
+    flagged: bool = False
+
+
+def _undoable_skip(*, annotator: AbstractBaseUser, flag_id: int | None, now: datetime) -> TaskFlag | None:
+    if not flag_id:
+        return None
+    flag = TaskFlag.objects.filter(pk=flag_id, annotator=annotator).first()
+    return flag if flag is not None and skip_undoable(flag=flag, annotator=annotator, now=now) else None
 
 
 def ranking_page(
@@ -172,8 +184,11 @@ def ranking_page(
     error: str | None = None,
     idempotency_key: str | None = None,
     shown_at_ms: int | None = None,
+    skipped_flag_id: int | None = None,
+    flagged: bool = False,
 ) -> RankingPage:
     now = timezone.now()
+    skipped = _undoable_skip(annotator=annotator, flag_id=skipped_flag_id, now=now)
     wanted = list(claim.shown_order if claim else []) + list(upcoming.shown_order if upcoming else [])
     images = Image.objects.in_bulk(wanted) if wanted else {}
     shown = shown_images(list(claim.shown_order), ranks=ranks, images=images) if claim else []
@@ -197,6 +212,13 @@ def ranking_page(
         error=error,
         allows_ties=category.allows_ties,
         keys=list(range(1, len(shown) + 1)),
+        skipped=skipped,
+        undo_until_ms=(
+            int((skipped.created_at + timedelta(seconds=SKIP_UNDO_SECONDS)).timestamp() * 1000)
+            if skipped
+            else 0
+        ),
+        flagged=flagged,
     )
 
 

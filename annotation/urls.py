@@ -10,6 +10,7 @@ urlpatterns = [
     path("rank/claims/<int:claim_id>/submit/", views.submit, name="rank-submit"),
     path("rank/claims/<int:claim_id>/skip/", views.skip, name="rank-skip"),
     path("rank/claims/<int:claim_id>/flag/", views.flag, name="rank-flag"),
+    path("rank/skips/<int:flag_id>/undo/", views.skip_undo, name="rank-skip-undo"),
     path("rank/rankings/<int:ranking_id>/correct/", views.correct, name="rank-correct"),
     path("rank/<slug:category>/", views.rank, name="rank"),
     path("review/", views.review, name="review"),

@@ -15,6 +15,7 @@ Claim status transitions (a claim is created ``active``)::
     active           -> submitted  its ranking was recorded (CLAIM_SUBMIT_CTE, inside the submit statement)
     active           -> expired    its lease lapsed, or an admin retired its task
     active, expired  -> released   the annotator skipped or flagged the task
+    released         -> active     the annotator undid a skip within seconds, while a slot was still free
 
 ``tests/annotation_ui/test_status_writers.py`` fails when another module writes ``TaskClaim.status``.
 """
@@ -334,4 +335,32 @@ def claims_expire_for_task(*, task_id: int) -> int:
     """End every active lease on a task that was withdrawn; its holders can no longer submit."""
     return TaskClaim.objects.filter(task_id=task_id, status=ClaimStatus.ACTIVE).update(
         status=ClaimStatus.EXPIRED
+    )
+
+
+@transaction.atomic
+def claim_reinstate(*, claim_id: int, now: datetime | None = None) -> bool:
+    """Undo of a skip: the released claim is active again, with a fresh lease, if its task still has a free
+    slot; False when someone else took the slot (or the task closed) in the meantime.
+
+    Under the task's lock and recounted like a new claim (``_try_claim``), so the slot invariant holds.
+    """
+    now = now or timezone.now()
+    claim = TaskClaim.objects.filter(pk=claim_id, status=ClaimStatus.RELEASED).first()
+    if claim is None:
+        return False
+    task = (
+        RankingTask.objects.select_for_update(of=("self",), no_key=True)
+        .filter(pk=claim.task_id, status=TaskStatus.OPEN)
+        .first()
+    )
+    if task is None:
+        return False
+    _expire_stale_claims(task.pk, now)
+    if _occupied_slots(task.pk) >= task.required_rankings:
+        return False
+    return bool(
+        TaskClaim.objects.filter(pk=claim_id, status=ClaimStatus.RELEASED).update(
+            status=ClaimStatus.ACTIVE, expires_at=now + _lease()
+        )
     )

@@ -606,6 +606,12 @@
         e.preventDefault();
         skip.requestSubmit ? skip.requestSubmit() : skip.submit();
       }
+    } else if (key === "u" || key === "U") {
+      const undo = document.querySelector("form.undo-skip");
+      if (undo) {
+        e.preventDefault();
+        undo.requestSubmit ? undo.requestSubmit() : undo.submit();
+      }
     } else if (key === "z" || key === "Z") {
       e.preventDefault();
       openZoom(focusedLabel());
@@ -632,7 +638,29 @@
     });
   }
 
+  /* The skip's undo lasts a few seconds (the server decides; this only shows the time left and then
+   * takes the button away so nobody presses it in vain). */
+  function undoCountdown(root) {
+    const form = root.querySelector("form.undo-skip");
+    if (!form || form._ticking) return;
+    form._ticking = true;
+    const until = parseInt(form.dataset.until, 10);
+    const left = form.querySelector(".undo-left");
+    function tick() {
+      const s = Math.ceil((until - Date.now()) / 1000);
+      if (!document.body.contains(form)) return;
+      if (s <= 0) {
+        form.remove();
+        return;
+      }
+      if (left) left.textContent = s + " s";
+      setTimeout(tick, 250);
+    }
+    tick();
+  }
+
   function init(root) {
+    undoCountdown(root || document);
     (root || document).querySelectorAll("form.ranker").forEach(function (form) {
       if (!form._ranker) form._ranker = new Ranker(form);
     });
