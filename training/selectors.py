@@ -90,7 +90,12 @@ def round_awaiting(training_round: TrainingRound) -> dict[str, object] | None:
             continue
         entry = by_category.setdefault(
             row["prompt__category__slug"],
-            {"slug": row["prompt__category__slug"], "name": row["prompt__category__name"], "tasks": 0, "rankings": 0},
+            {
+                "slug": row["prompt__category__slug"],
+                "name": row["prompt__category__name"],
+                "tasks": 0,
+                "rankings": 0,
+            },
         )
         entry["tasks"] += 1
         entry["rankings"] += missing
