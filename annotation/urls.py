@@ -29,6 +29,7 @@ research_urlpatterns = [
     path("research/data/<str:name>.<str:ext>", research.research_data, name="research-data"),
     path("research/export/", research.research_export, name="research-export"),
     path("research/export/download/", research.research_export_download, name="research-export-download"),
+    path("research/export/check/", research.research_export_check, name="research-export-check"),
     path("research/export/jobs/", research.research_export_start, name="research-export-start"),
     path("research/export/jobs/<int:job_id>/", research.research_export_job, name="research-export-job"),
     path(
