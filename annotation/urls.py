@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from annotation import views
+from annotation import views, views_admin
 
 # Annotation pages: the ranking experience for annotators, and the admins' review, quality and accounts.
 urlpatterns = [
@@ -18,6 +18,7 @@ urlpatterns = [
     path("quality/", views.quality, name="quality"),
     path("quality/gold/new/", views.gold_new, name="gold-new"),
     path("people/", views.people, name="people"),
+    path("people/prompts/import/", views_admin.prompts_import, name="prompts-import"),
     path("people/<int:user_id>/password/", views.people_password, name="people-password"),
 ]
 
