@@ -1,4 +1,5 @@
-"""Admin pages for work that was CLI-only: importing T2I-CompBench prompt files from the browser.
+"""Admin pages for work that was CLI-only: importing T2I-CompBench prompt files and creating ranking tasks
+(with the number of rankings K each needs) from the browser.
 
 Thin: the file's category comes from its name (as ``manage import_prompts`` does) or the admin's choice, and
 the gallery's own import service does the writing; the page reports each file line by line.
@@ -12,8 +13,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
+from annotation.services.tasks import ranking_tasks_create_for_complete_galleries
 from annotation.views import admin_page
+from gallery.models import Category
 from gallery.promptfiles import FILE_STEMS, UnknownCategory, category_from_file_name, resolve_category
+from gallery.selectors import GALLERY_SIZE
 from gallery.services.prompts import PromptImportResult, prompts_import_texts
 from gallery.services.prompts import category_get as gallery_category_get
 
@@ -72,3 +76,37 @@ def prompts_import(request: HttpRequest) -> HttpResponse:
         {"reports": reports, "stems": sorted(FILE_STEMS), "values": request.POST},
         status=status,
     )
+
+
+def _bounded_int(value: str | None, *, default: int, low: int, high: int) -> int | None:
+    try:
+        number = int(value) if value not in (None, "") else default
+    except ValueError:
+        return None
+    return number if low <= number <= high else None
+
+
+@require_http_methods(["GET", "POST"])
+@admin_page
+def tasks_create(request: HttpRequest) -> HttpResponse:
+    """A ranking task for every prompt whose gallery is complete, each needing K rankings (safe to re-run)."""
+    context: dict[str, object] = {
+        "categories": Category.objects.order_by("position", "slug"),
+        "values": request.POST,
+        "gallery_size": GALLERY_SIZE,
+    }
+    status = 200
+    if request.method == "POST":
+        k = _bounded_int(request.POST.get("rankings"), default=3, low=1, high=20)
+        minimum = _bounded_int(request.POST.get("min_generators"), default=GALLERY_SIZE, low=2, high=50)
+        slug = request.POST.get("category", "")
+        category = Category.objects.filter(slug=slug).first() if slug else None
+        if k is None or minimum is None or (slug and category is None):
+            context["error"] = "K must be 1–20, the generators 2–50, and the category one of the list."
+            status = 400
+        else:
+            context["report"] = ranking_tasks_create_for_complete_galleries(
+                required_rankings=k, category=category, min_generators=minimum
+            )
+            context["k"] = k
+    return render(request, "annotation/tasks_create.html", context, status=status)

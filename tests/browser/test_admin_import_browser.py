@@ -42,3 +42,29 @@ def test_an_admin_imports_prompt_files_and_reads_the_report(page, make_user, art
     page.get_by_role("button", name="Import").click()
     expect(page.locator("tr[data-file='color_train.txt'] td[data-col=created]")).to_have_text("0")
     assert Prompt.objects.filter(source="t2i-compbench").count() == 2
+
+
+def test_an_admin_creates_ranking_tasks_with_k_and_an_annotator_can_claim_them(page, make_user, settings):
+    from annotation.models import RankingTask
+    from tests.consensus import factories as f
+
+    settings.GOLD_TASK_RATE = 0
+    for text in ("a red cube left of a ball", "a cup above a plate"):
+        p = f.prompt(text, "spatial")
+        for slug in f.ITERCOMP_SIX:
+            f.image_from_bytes(p, f.generator(slug), f.png_bytes())
+    make_user("admin", username="boss", password=PASSWORD)
+    _login(page, "boss")
+    page.goto("/people/tasks/new/")
+    page.fill("#t-k", "2")
+    page.select_option("#t-category", "spatial")
+    page.get_by_role("button", name="Create tasks").click()
+    expect(page.locator("[data-role=task-report]")).to_contain_text("2 new tasks (K = 2)")
+    assert sorted(RankingTask.objects.values_list("required_rankings", flat=True)) == [2, 2]
+    # Again: nothing new.
+    page.get_by_role("button", name="Create tasks").click()
+    expect(page.locator("[data-role=task-report]")).to_contain_text("0 new tasks (K = 2), 2 already existed")
+    # The admin ranks too: both tasks wait for them in the queue.
+    page.goto("/rank/")
+    spatial = page.locator("article.queue", has=page.locator("#queue-spatial"))
+    assert spatial.locator("dt", has_text="Waiting for you").locator("xpath=../dd").inner_text() == "2"
