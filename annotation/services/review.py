@@ -3,7 +3,7 @@ flag and may retire the task."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -60,7 +60,8 @@ def flag_resolve(
     return flag
 
 
-def skip_undoable(*, flag: TaskFlag, annotator: AbstractBaseUser, now=None) -> bool:
+def skip_undoable(*, flag: TaskFlag, annotator: AbstractBaseUser, now: datetime | None = None) -> bool:
+    """Whether this annotator may still take this skip back (their own, unresolved, within the window)."""
     now = now or timezone.now()
     return (
         flag.kind == FlagKind.SKIP
