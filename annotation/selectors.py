@@ -15,7 +15,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.urls import NoReverseMatch
 from django.utils import timezone
 
@@ -28,8 +28,9 @@ from annotation.models import (
     Role,
     TaskClaim,
     TaskFlag,
-    TaskStatus,
 )
+from annotation.services.claims import claimable_tasks
+from annotation.services.review import SKIP_UNDO_SECONDS, skip_undoable
 from annotation.services.submission import CORRECTION_WINDOW_SECONDS, positions_from_ordering
 from gallery.models import Category, Image, Prompt
 
@@ -50,17 +51,21 @@ class ShownImage:
     alt: str
     rank: int | None = None  # pre-filled rank (after a refused submission, or when correcting)
     pixelated: bool = False
+    # The original file (content-addressed, blind too) at its natural size, for the zoom and compare views.
+    full_url: str = ""
+    full_width: int = 0
+    full_height: int = 0
 
 
-def _display(image: Image, *, alt: str) -> tuple[str, int, int, bool]:
+def _display(image: Image, *, alt: str) -> tuple[str, int, int, bool, str]:
     """URL and size from the gallery's display selector (derivative, content-addressed, blind)."""
     try:
         from gallery.selectors import image_display
 
         shown = image_display(image, alt=alt)
-        return shown.url, shown.width, shown.height, shown.pixelated
+        return shown.url, shown.width, shown.height, shown.pixelated, shown.original_url
     except (ImportError, NoReverseMatch):  # the gallery's file route is being built alongside
-        return image.file.url, image.width, image.height, False
+        return image.file.url, image.width, image.height, False, image.file.url
 
 
 def shown_images(
@@ -73,7 +78,7 @@ def shown_images(
     for i, image_id in enumerate(shown_order, start=1):
         image = images[image_id]
         alt = f"Candidate image {i} of {n}"
-        url, width, height, pixelated = _display(image, alt=alt)
+        url, width, height, pixelated, full_url = _display(image, alt=alt)
         result.append(
             ShownImage(
                 label=i,
@@ -83,6 +88,9 @@ def shown_images(
                 alt=alt,
                 rank=(ranks or {}).get(i),
                 pixelated=pixelated,
+                full_url=full_url,
+                full_width=image.width,
+                full_height=image.height,
             )
         )
     return result
@@ -109,27 +117,33 @@ def progress_for(*, annotator: AbstractBaseUser, category: Category, now: dateti
     return Progress(
         done_today=counts["today"],
         done_total=counts["total"],
-        remaining_in_category=_available_tasks(annotator=annotator, category=category, now=now).count(),
+        remaining_in_category=_rankable_counts(annotator=annotator, now=now).get(category.pk, 0),
     )
 
 
-def _available_tasks(*, annotator: AbstractBaseUser, category: Category | None, now: datetime) -> QuerySet:
-    """Open tasks this annotator has not ranked (nor skipped) and that still need rankings."""
-    qs = RankingTask.objects.filter(status=TaskStatus.OPEN)
-    if category is not None:
-        qs = qs.filter(prompt__category=category)
-    return (
-        qs.exclude(Exists(Ranking.objects.filter(task=OuterRef("pk"), annotator=annotator)))
-        .exclude(
-            Exists(
-                TaskClaim.objects.filter(task=OuterRef("pk"), annotator=annotator).exclude(
-                    status=ClaimStatus.ACTIVE
-                )
-            )
-        )
-        .annotate(n_ranked=Count("rankings", distinct=True))
-        .filter(n_ranked__lt=F("required_rankings"))
+def _rankable_counts(*, annotator: AbstractBaseUser, now: datetime) -> dict[int, int]:
+    """Per category id: the tasks this annotator holds a live lease on plus those a claim can take now.
+
+    The same query the claimer draws from (``claimable_tasks``), so the number is what the annotator will
+    actually be given — not tasks whose free slots other annotators hold.
+    """
+    counts: dict[int, int] = {}
+    claimable = (
+        claimable_tasks(annotator=annotator, now=now)
+        .order_by()
+        .values("prompt__category")
+        .annotate(n=Count("pk"))
+        .values_list("prompt__category", "n")
     )
+    held = (
+        TaskClaim.objects.filter(annotator=annotator, status=ClaimStatus.ACTIVE, expires_at__gt=now)
+        .values("task__prompt__category")
+        .annotate(n=Count("pk"))
+        .values_list("task__prompt__category", "n")
+    )
+    for category_id, n in [*claimable, *held]:
+        counts[category_id] = counts.get(category_id, 0) + n
+    return counts
 
 
 @dataclass
@@ -147,6 +161,17 @@ class RankingPage:
     error: str | None = None
     allows_ties: bool = False
     keys: list[int] = field(default_factory=list)
+    # Confirmations of what the annotator just did: a skip they may still undo, or a flag sent.
+    skipped: TaskFlag | None = None
+    undo_until_ms: int = 0
+    flagged: bool = False
+
+
+def _undoable_skip(*, annotator: AbstractBaseUser, flag_id: int | None, now: datetime) -> TaskFlag | None:
+    if not flag_id:
+        return None
+    flag = TaskFlag.objects.filter(pk=flag_id, annotator=annotator).first()
+    return flag if flag is not None and skip_undoable(flag=flag, annotator=annotator, now=now) else None
 
 
 def ranking_page(
@@ -159,8 +184,11 @@ def ranking_page(
     error: str | None = None,
     idempotency_key: str | None = None,
     shown_at_ms: int | None = None,
+    skipped_flag_id: int | None = None,
+    flagged: bool = False,
 ) -> RankingPage:
     now = timezone.now()
+    skipped = _undoable_skip(annotator=annotator, flag_id=skipped_flag_id, now=now)
     wanted = list(claim.shown_order if claim else []) + list(upcoming.shown_order if upcoming else [])
     images = Image.objects.in_bulk(wanted) if wanted else {}
     shown = shown_images(list(claim.shown_order), ranks=ranks, images=images) if claim else []
@@ -184,6 +212,13 @@ def ranking_page(
         error=error,
         allows_ties=category.allows_ties,
         keys=list(range(1, len(shown) + 1)),
+        skipped=skipped,
+        undo_until_ms=(
+            int((skipped.created_at + timedelta(seconds=SKIP_UNDO_SECONDS)).timestamp() * 1000)
+            if skipped
+            else 0
+        ),
+        flagged=flagged,
     )
 
 
@@ -246,13 +281,7 @@ def ranking_of(*, ranking_id: int) -> Ranking | None:
 
 def queue_overview(*, annotator: AbstractBaseUser) -> list[dict[str, Any]]:
     """Per category: tasks waiting for this annotator and how many they ranked there."""
-    now = timezone.now()
-    waiting = dict(
-        _available_tasks(annotator=annotator, category=None, now=now)
-        .values("prompt__category")
-        .annotate(n=Count("pk", distinct=True))
-        .values_list("prompt__category", "n")
-    )
+    waiting = _rankable_counts(annotator=annotator, now=timezone.now())
     done = dict(
         Ranking.objects.filter(annotator=annotator)
         .values("task__prompt__category")

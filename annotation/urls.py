@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from annotation import views
+from annotation import views, views_admin
 
 # Annotation pages: the ranking experience for annotators, and the admins' review, quality and accounts.
 urlpatterns = [
@@ -10,6 +10,7 @@ urlpatterns = [
     path("rank/claims/<int:claim_id>/submit/", views.submit, name="rank-submit"),
     path("rank/claims/<int:claim_id>/skip/", views.skip, name="rank-skip"),
     path("rank/claims/<int:claim_id>/flag/", views.flag, name="rank-flag"),
+    path("rank/skips/<int:flag_id>/undo/", views.skip_undo, name="rank-skip-undo"),
     path("rank/rankings/<int:ranking_id>/correct/", views.correct, name="rank-correct"),
     path("rank/<slug:category>/", views.rank, name="rank"),
     path("review/", views.review, name="review"),
@@ -17,6 +18,8 @@ urlpatterns = [
     path("quality/", views.quality, name="quality"),
     path("quality/gold/new/", views.gold_new, name="gold-new"),
     path("people/", views.people, name="people"),
+    path("people/prompts/import/", views_admin.prompts_import, name="prompts-import"),
+    path("people/tasks/new/", views_admin.tasks_create, name="tasks-create"),
     path("people/<int:user_id>/password/", views.people_password, name="people-password"),
 ]
 
@@ -28,6 +31,7 @@ research_urlpatterns = [
     path("research/data/<str:name>.<str:ext>", research.research_data, name="research-data"),
     path("research/export/", research.research_export, name="research-export"),
     path("research/export/download/", research.research_export_download, name="research-export-download"),
+    path("research/export/check/", research.research_export_check, name="research-export-check"),
     path("research/export/jobs/", research.research_export_start, name="research-export-start"),
     path("research/export/jobs/<int:job_id>/", research.research_export_job, name="research-export-job"),
     path(

@@ -25,6 +25,7 @@ from annotation.services.claims import task_claims_ensure
 from annotation.services.gold import gold_image_candidates, gold_task_create
 from annotation.services.refusals import RankingRefused, SubmissionInvalid
 from annotation.services.review import flag_resolve, task_release
+from annotation.services.review import skip_undo as skip_undo_service
 from annotation.services.submission import (
     CORRECTION_WINDOW_SECONDS,
     RANK_FIELD_PREFIX,
@@ -92,13 +93,20 @@ def _is_partial(request: HttpRequest) -> bool:
     return bool(htmx) and not htmx.history_restore_request
 
 
-def _advance(request: HttpRequest, url: str) -> HttpResponse:
-    """After a write: htmx loads the next task into the page (no reload), plain forms redirect."""
+def _advance(request: HttpRequest, url: str, *, notice: str = "") -> HttpResponse:
+    """After a write: htmx loads the next task into the page (no reload), plain forms redirect.
+
+    ``notice`` (a query string: what was just done) lets the next page confirm it; the address bar keeps
+    the plain URL, so a reload does not repeat the confirmation.
+    """
+    path = f"{url}?{notice}" if notice else url
     if getattr(request, "htmx", False):
         response = HttpResponse(status=200)
-        response["HX-Location"] = json.dumps({"path": url, "target": "#task", "swap": "outerHTML"})
+        response["HX-Location"] = json.dumps(
+            {"path": path, "target": "#task", "swap": "outerHTML", "push": url}
+        )
         return response
-    return _see_other(url)
+    return _see_other(path)
 
 
 def _see_other(url: str) -> HttpResponse:
@@ -171,7 +179,12 @@ def rank(request: HttpRequest, category: str) -> HttpResponse:
     cat = _category_or_404(category)
     pair = task_claims_ensure(annotator=request.user, category=cat)
     page = selectors.ranking_page(
-        annotator=request.user, category=cat, claim=pair.current, upcoming=pair.upcoming
+        annotator=request.user,
+        category=cat,
+        claim=pair.current,
+        upcoming=pair.upcoming,
+        skipped_flag_id=_int_or_none(request.GET.get("skipped")),
+        flagged="flagged" in request.GET,
     )
     return _render_task(request, page)
 
@@ -224,11 +237,18 @@ def _release(request: HttpRequest, claim_id: int, kind: str) -> HttpResponse:
     except RankingRefused as exc:
         return _refused_task(request, claim_id, exc, _rank_fields(request))
     slug = flag.task.prompt.category.slug
-    if not getattr(request, "htmx", False):
-        messages.info(
-            request, "Task skipped." if kind == FlagKind.SKIP else "Thanks — an admin will look at it."
-        )
-    return _advance(request, reverse("rank", args=[slug]))
+    notice = f"skipped={flag.pk}" if kind == FlagKind.SKIP else "flagged=1"
+    return _advance(request, reverse("rank", args=[slug]), notice=notice)
+
+
+@require_POST
+@_signed_in
+def skip_undo(request: HttpRequest, flag_id: int) -> HttpResponse:
+    try:
+        claim = skip_undo_service(flag_id=flag_id, annotator=request.user)
+    except RankingRefused as exc:
+        return _refuse(request, exc.message, exc.status)
+    return _advance(request, reverse("rank", args=[claim.task.prompt.category.slug]))
 
 
 @require_POST

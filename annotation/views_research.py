@@ -10,6 +10,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -27,7 +28,15 @@ from annotation.exporters.charts import Bar, horizontal_bars
 from annotation.exporters.filters import ExportFilters, FilterError
 from annotation.roles import is_admin, is_researcher
 from annotation.services.consensus import consensus_schedule_all
-from annotation.services.export import FORMATS, ExportError, ExportSpec, api_token_rotate, export_job_create
+from annotation.services.export import (
+    FORMATS,
+    ExportError,
+    ExportSpec,
+    api_token_rotate,
+    export_count,
+    export_job_create,
+    export_problem,
+)
 from annotation.services.gold import annotator_weights_schedule
 from annotation.services.snapshots import EmptySnapshotError, snapshot_create
 from gallery.models import Category, Generator
@@ -157,11 +166,22 @@ def research_data(request: HttpRequest, name: str, ext: str) -> HttpResponse:
 # --------------------------------------------------------------------------------------------------------
 
 
+FORMAT_CHOICES = (
+    ("jsonl", "JSONL (pairs: reward-model trainer schema)"),
+    ("csv", "CSV"),
+    ("parquet", "Parquet"),
+    ("hf", "Hugging Face imagefolder, zip with images (pairs; background job)"),
+    ("itercomp", "IterComp per-prompt JSON (rankings)"),
+    ("imagereward", "ImageReward {id, prompt, generations, ranking} (rankings)"),
+)
+
+
 def _export_form_context(request: HttpRequest, **extra: object) -> dict[str, object]:
     return {
         "categories": Category.objects.order_by("position", "slug"),
         "generators": Generator.objects.order_by("joined_iteration", "name"),
         "formats": FORMATS,
+        "format_choices": FORMAT_CHOICES,
         "jobs": research.export_jobs_visible_to(request.user)[:20],
         "values": request.GET,
         **extra,
@@ -184,11 +204,35 @@ def research_export_download(request: HttpRequest) -> HttpResponse:
     except ExportError as exc:
         messages.error(request, str(exc))
         return render(request, "research/export.html", _export_form_context(request), status=400)
+    problem = export_problem(spec)
+    if problem:
+        return render(
+            request, "research/export.html", _export_form_context(request, problem=problem), status=409
+        )
     response = export_http_response(spec)
     if response is None:
-        messages.info(request, "This export is too large for one download; start it as a background job.")
+        if spec.format == "hf":
+            why = "A Hugging Face export carries the images, so it always runs as a background job"
+        else:
+            why = f"{spec.format.capitalize()} files above {settings.EXPORT_INLINE_MAX_ROWS} rows are built by a worker"
+        messages.info(request, f"{why}: press “Run as background job” (your choices are kept).")
         return redirect(f"{reverse('research-export')}?{request.GET.urlencode()}")
     return response
+
+
+@require_GET
+@researcher_page
+def research_export_check(request: HttpRequest) -> HttpResponse:
+    """What the export form would produce, shown beside it as the researcher changes it (htmx)."""
+    try:
+        spec = ExportSpec.parse(
+            request.GET.get("kind", "pairs"), request.GET.get("format", "jsonl"), request.GET
+        )
+    except ExportError as exc:
+        return render(request, "research/export.html#check", {"problem": str(exc)})
+    problem = export_problem(spec)
+    rows = None if problem else export_count(spec)
+    return render(request, "research/export.html#check", {"problem": problem, "rows": rows, "spec": spec})
 
 
 @require_POST

@@ -6,7 +6,8 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views import defaults
 from django.views.decorators.http import require_GET, require_POST
 
@@ -26,6 +27,16 @@ def _require_admin(request: HttpRequest) -> None:
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
     return render(request, "home.html", {"categories": category_overview()})
+
+
+@require_GET
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers and tools ask for /favicon.ico whatever the page links: send them to the one icon.
+
+    Resolved per request, not at import: the static name carries the manifest's hash, which only exists once
+    collectstatic ran; and a temporary redirect, so a browser never keeps an old hash.
+    """
+    return redirect(static("img/favicon.svg"))
 
 
 @require_GET

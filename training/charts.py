@@ -22,6 +22,18 @@ def line_chart(
     """Lines through (x, y) points, one per series, with a legend and optional vertical markers."""
     left, right, top, bottom = 56, 16, 30, 44
     points = [p for values in series.values() for p in values]
+    # The legend goes under the axes, wrapped into rows that fit the width (11 px text, ~6.2 px a
+    # character): inside the plot it covered the lines and the markers' labels, and ran past the edge.
+    legend: list[tuple[float, int, str, str]] = []  # x, row, colour, name
+    x, row = float(left), 0
+    for index, name in enumerate(series):
+        item_w = 14 + len(name) * 6.2 + 16
+        if x + item_w > width - right and x > left:
+            x, row = float(left), row + 1
+        legend.append((x, row, PALETTE[index % len(PALETTE)], name))
+        x += item_w
+    legend_h = 16 * (row + 1) if legend else 0
+    height += legend_h
     if not points:
         return (
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="60" role="img" '
@@ -39,7 +51,7 @@ def line_chart(
         y0, y1 = y0 - 0.5, y1 + 0.5
     margin = (y1 - y0) * 0.08
     y0, y1 = y0 - margin, y1 + margin
-    plot_w, plot_h = width - left - right, height - top - bottom
+    plot_w, plot_h = width - left - right, height - top - bottom - legend_h
 
     def sx(x: float) -> float:
         return left + (x - x0) / (x1 - x0) * plot_w
@@ -63,7 +75,8 @@ def line_chart(
             f'<text x="{sx(value):.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="middle">{value:.4g}</text>'
         )
     parts.append(
-        f'<text x="{left + plot_w / 2}" y="{height - 8}" font-size="11" text-anchor="middle">{escape(x_label)}</text>'
+        f'<text x="{left + plot_w / 2}" y="{top + plot_h + 32}" font-size="11" text-anchor="middle">'
+        f"{escape(x_label)}</text>"
     )
     parts.append(
         f'<text x="12" y="{top + plot_h / 2}" font-size="11" transform="rotate(-90 12 {top + plot_h / 2})" '
@@ -75,16 +88,19 @@ def line_chart(
             f'stroke-dasharray="4 3"/><text x="{sx(x) + 3:.1f}" y="{top + 10}" font-size="10" '
             f'fill="#a4161a">{escape(label)}</text>'
         )
-    for index, (name, values) in enumerate(series.items()):
+    for index, values in enumerate(series.values()):
         color = PALETTE[index % len(PALETTE)]
         ordered = sorted(values)
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in ordered)
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
         for x, y in ordered:
             parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}"/>')
+    legend_top = top + plot_h + bottom - 4
+    for lx, lrow, color, name in legend:
+        y = legend_top + lrow * 16
         parts.append(
-            f'<rect x="{left + 8 + index * 150}" y="{top - 2}" width="10" height="10" fill="{color}"/>'
-            f'<text x="{left + 22 + index * 150}" y="{top + 7}" font-size="11">{escape(name)}</text>'
+            f'<rect x="{lx:.1f}" y="{y}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{lx + 14:.1f}" y="{y + 9}" font-size="11">{escape(name)}</text>'
         )
     parts.append("</svg>")
     return "".join(parts)

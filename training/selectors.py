@@ -16,19 +16,39 @@ def round_is_terminal(training_round: TrainingRound) -> bool:
     return training_round.status in TERMINAL_STATUSES
 
 
+def round_stopped_at(training_round: TrainingRound) -> str | None:
+    """The stage a cancelled or failed round was in when it ended (its last event from a stage)."""
+    if training_round.status in STAGE_ORDER:
+        return None
+    last = (
+        RoundEvent.objects.filter(training_round=training_round, stage__in=STAGE_ORDER[:-1])
+        .order_by("-id")
+        .values_list("stage", flat=True)
+        .first()
+    )
+    return last or RoundStatus.QUEUED
+
+
 def round_progress(training_round: TrainingRound) -> dict[str, object]:
-    """Everything the round page's progress section shows, from the rows the workers write."""
+    """Everything the round page's progress section shows, from the rows the workers write.
+
+    A cancelled or failed round is drawn where it stopped: the stages before it done, that one marked.
+    """
     stages = []
-    reached = STAGE_ORDER.index(training_round.status) if training_round.status in STAGE_ORDER else -1
+    stopped_at = round_stopped_at(training_round)
+    position = stopped_at if stopped_at is not None else training_round.status
+    reached = STAGE_ORDER.index(position) if position in STAGE_ORDER else -1
     for index, status in enumerate(STAGE_ORDER[1:-1], start=1):
         state = "done" if index < reached else "current" if index == reached else "todo"
+        if index == reached and stopped_at is not None:
+            state = "stopped"
         stages.append({"name": RoundStatus(status).label, "state": state})
     live = training_round.progress or {}
     step, total = live.get("step"), live.get("total")
     percent = round(100 * step / total) if step is not None and total else None
     stages_per_iteration = len(WORKER_STAGES)
     done_here = max(0, min(reached, stages_per_iteration + 1) - 1)
-    if training_round.status in WORKER_STAGES and percent is not None:
+    if position in WORKER_STAGES and percent is not None:
         done_here += percent / 100
     overall_total = training_round.iterations * stages_per_iteration
     overall_done = training_round.current_iteration * stages_per_iteration + done_here
@@ -44,7 +64,52 @@ def round_progress(training_round: TrainingRound) -> dict[str, object]:
         "eta_s": live.get("eta_s"),
         "overall_percent": round(100 * min(overall_done, overall_total) / overall_total),
         "terminal": round_is_terminal(training_round),
+        "stopped_at": RoundStatus(stopped_at).label if stopped_at is not None else None,
     }
+
+
+def round_awaiting(training_round: TrainingRound) -> dict[str, object] | None:
+    """While a round awaits human ranking: the pushed tasks still open and the rankings they still need,
+    per category (the link on the page goes to that category's queue)."""
+    if training_round.status != RoundStatus.AWAITING_RANKING:
+        return None
+    from django.db.models import Count
+
+    from annotation.models import RankingTask, TaskStatus
+
+    pushed = training_round.outputs.get(str(training_round.current_iteration), {}).get("pushed_tasks", [])
+    rows = (
+        RankingTask.objects.filter(pk__in=pushed, status=TaskStatus.OPEN)
+        .annotate(n_ranked=Count("rankings"))
+        .values("pk", "required_rankings", "n_ranked", "prompt__category__slug", "prompt__category__name")
+    )
+    by_category: dict[str, dict[str, object]] = {}
+    for row in rows:
+        missing = max(0, row["required_rankings"] - row["n_ranked"])
+        if not missing:
+            continue
+        entry = by_category.setdefault(
+            row["prompt__category__slug"],
+            {
+                "slug": row["prompt__category__slug"],
+                "name": row["prompt__category__name"],
+                "tasks": 0,
+                "rankings": 0,
+            },
+        )
+        entry["tasks"] += 1
+        entry["rankings"] += missing
+    categories = sorted(by_category.values(), key=lambda e: e["name"])
+    return {
+        "pushed": len(pushed),
+        "tasks": sum(e["tasks"] for e in categories),
+        "rankings": sum(e["rankings"] for e in categories),
+        "categories": categories,
+    }
+
+
+def round_checkpoint_count(training_round: TrainingRound) -> int:
+    return training_round.reward_checkpoints.count() + training_round.diffusion_checkpoints.count()
 
 
 def round_recent_logs(training_round: TrainingRound, limit: int = 15) -> list[RoundEvent]:

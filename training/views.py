@@ -59,6 +59,8 @@ def _detail_context(training_round: TrainingRound, *, figures: bool = False) -> 
         "round": training_round,
         "progress": selectors.round_progress(training_round),
         "logs": selectors.round_recent_logs(training_round),
+        "awaiting": selectors.round_awaiting(training_round),
+        "checkpoint_count": selectors.round_checkpoint_count(training_round),
     }
     if figures:
         context["figures"] = _figures(training_round)
@@ -84,9 +86,17 @@ def round_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def round_progress(request: HttpRequest, pk: int) -> HttpResponse:
     _require(is_researcher, request, "Only admins and researchers can see training rounds.")
     training_round = get_object_or_404(TrainingRound, pk=pk)
-    context = _detail_context(training_round)
     if not request.htmx:
         return render(request, "training/round_detail.html", _detail_context(training_round, figures=True))
+    # The lineage table and the charts change only when a checkpoint is recorded (or the round ends): the
+    # poll says how many checkpoints its page shows, and only then are they sent too (out-of-band swaps).
+    seen = request.GET.get("checkpoints", "")
+    count = selectors.round_checkpoint_count(training_round)
+    terminal = selectors.round_is_terminal(training_round)
+    refresh = seen != str(count) or terminal
+    context = _detail_context(training_round, figures=refresh)
+    context["refresh_results"] = refresh
+    context["polled"] = True
     response = render(request, "training/round_detail.html#progress", context)
     if context["progress"]["terminal"]:
         response.status_code = HTMX_STOP_POLLING
@@ -130,7 +140,8 @@ def _figures(training_round: TrainingRound) -> list[dict[str, str]]:
     by_category: dict[str, list[tuple[float, float]]] = {}
     for row in accuracy:
         if row["val_accuracy"] is not None:
-            by_category.setdefault(row["category"], []).append((row["iteration"], row["val_accuracy"]))
+            # Iterations are numbered from 1 on the page (progress, lineage); the chart says the same.
+            by_category.setdefault(row["category"], []).append((row["iteration"] + 1, row["val_accuracy"]))
     guard = selectors.guard_curve_rows(training_round)
     signal: dict[str, list[tuple[float, float]]] = {}
     markers = []

@@ -25,7 +25,14 @@ def horizontal_bars(
     title: str, bars: Sequence[Bar], *, max_value: float | None = None, width: int = 460
 ) -> str:
     """A titled horizontal bar chart, one row per bar, scaled to ``max_value`` (default: the largest)."""
-    row_h, label_w, top, pad = 22, 150, 28, 8
+    row_h, top, pad = 22, 28, 8
+    # The label column fits the longest label (12 px text, ~6.6 px a character) up to a cap; a longer label
+    # is shortened with an ellipsis (the bar's tooltip keeps it whole), so nothing is cut at the edge.
+    char_w, max_label_w = 6.6, 240
+    longest = max((len(b.label) for b in bars), default=0)
+    label_w = int(min(max(90, longest * char_w + 12), max_label_w))
+    fits = int((label_w - 12) / char_w)
+    width = max(width, label_w + 270)
     plot_w = width - label_w - 70
     height = top + row_h * max(len(bars), 1) + pad
     scale = max_value if max_value else max((b.value for b in bars), default=0.0) or 1.0
@@ -43,7 +50,7 @@ def horizontal_bars(
         colour = PALETTE[i % len(PALETTE)]
         parts.append(
             f'<text x="{label_w - 6}" y="{y + 14}" font-size="12" text-anchor="end" fill="#1d232b">'
-            f"{escape(bar.label)}</text>"
+            f"{escape(_shorten(bar.label, fits))}</text>"
             f'<rect x="{label_w}" y="{y + 3}" width="{length:.1f}" height="{row_h - 8}" fill="{colour}">'
             f"<title>{escape(bar.label)}: {escape(bar.text)}</title></rect>"
             f'<text x="{label_w + length + 4:.1f}" y="{y + 14}" font-size="12" fill="#1d232b">'
@@ -51,3 +58,7 @@ def horizontal_bars(
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _shorten(label: str, chars: int) -> str:
+    return label if len(label) <= chars else label[: max(1, chars - 1)] + "…"

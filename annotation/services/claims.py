@@ -15,6 +15,7 @@ Claim status transitions (a claim is created ``active``)::
     active           -> submitted  its ranking was recorded (CLAIM_SUBMIT_CTE, inside the submit statement)
     active           -> expired    its lease lapsed, or an admin retired its task
     active, expired  -> released   the annotator skipped or flagged the task
+    released         -> active     the annotator undid a skip within seconds, while a slot was still free
 
 ``tests/annotation_ui/test_status_writers.py`` fails when another module writes ``TaskClaim.status``.
 """
@@ -69,18 +70,28 @@ def _gold_turn(*, annotator: AbstractBaseUser, rate: float) -> bool:
     return int((n + 1) * rate) > int(n * rate)
 
 
-def _candidates(*, annotator: AbstractBaseUser, category_id: int, is_gold: bool, now: datetime):
-    """Open tasks of the category this annotator never claimed or ranked, with (likely) a free slot.
+def claimable_tasks(
+    *, annotator: AbstractBaseUser, now: datetime, category_id: int | None = None, is_gold: bool | None = None
+):
+    """Open tasks this annotator never claimed or ranked, with (likely) a free slot: what a claim can take.
 
-    The free-slot filter only narrows the search; the exact count happens under the task's lock.
+    The free-slot filter only narrows the search; the exact count happens under the task's lock. The queue
+    pages count this same query (``is_gold=None``: the pools ``task_claim_next`` draws from), so the
+    number shown is the number a claimer can take.
     """
     active_claims = TaskClaim.objects.filter(
         task=OuterRef("pk"), status=ClaimStatus.ACTIVE, expires_at__gt=now
     ).values("task")
     rankings = Ranking.objects.filter(task=OuterRef("pk")).values("task")
+    qs = RankingTask.objects.filter(status=TaskStatus.OPEN)
+    if category_id is not None:
+        qs = qs.filter(prompt__category_id=category_id)
+    if is_gold is not None:
+        qs = qs.filter(is_gold=is_gold)
+    elif settings.GOLD_TASK_RATE <= 0:
+        qs = qs.filter(is_gold=False)
     return (
-        RankingTask.objects.filter(status=TaskStatus.OPEN, is_gold=is_gold, prompt__category_id=category_id)
-        .exclude(Exists(TaskClaim.objects.filter(task=OuterRef("pk"), annotator=annotator)))
+        qs.exclude(Exists(TaskClaim.objects.filter(task=OuterRef("pk"), annotator=annotator)))
         .exclude(Exists(Ranking.objects.filter(task=OuterRef("pk"), annotator=annotator)))
         .alias(
             n_active=count_subquery(active_claims),
@@ -142,7 +153,7 @@ def _claim_from_pool(*, annotator: AbstractBaseUser, category_id: int, is_gold: 
     for _ in range(_MAX_CANDIDATES):
         now = timezone.now()
         with transaction.atomic():
-            pool = _candidates(
+            pool = claimable_tasks(
                 annotator=annotator, category_id=category_id, is_gold=is_gold, now=now
             ).exclude(pk__in=tried)
             # NO KEY UPDATE: claimers exclude each other, but a submit's foreign-key check on the task
@@ -324,4 +335,32 @@ def claims_expire_for_task(*, task_id: int) -> int:
     """End every active lease on a task that was withdrawn; its holders can no longer submit."""
     return TaskClaim.objects.filter(task_id=task_id, status=ClaimStatus.ACTIVE).update(
         status=ClaimStatus.EXPIRED
+    )
+
+
+@transaction.atomic
+def claim_reinstate(*, claim_id: int, now: datetime | None = None) -> bool:
+    """Undo of a skip: the released claim is active again, with a fresh lease, if its task still has a free
+    slot; False when someone else took the slot (or the task closed) in the meantime.
+
+    Under the task's lock and recounted like a new claim (``_try_claim``), so the slot invariant holds.
+    """
+    now = now or timezone.now()
+    claim = TaskClaim.objects.filter(pk=claim_id, status=ClaimStatus.RELEASED).first()
+    if claim is None:
+        return False
+    task = (
+        RankingTask.objects.select_for_update(of=("self",), no_key=True)
+        .filter(pk=claim.task_id, status=TaskStatus.OPEN)
+        .first()
+    )
+    if task is None:
+        return False
+    _expire_stale_claims(task.pk, now)
+    if _occupied_slots(task.pk) >= task.required_rankings:
+        return False
+    return bool(
+        TaskClaim.objects.filter(pk=claim_id, status=ClaimStatus.RELEASED).update(
+            status=ClaimStatus.ACTIVE, expires_at=now + _lease()
+        )
     )

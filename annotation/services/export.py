@@ -26,6 +26,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Count, Q
 
 from annotation.exporters import pairs
 from annotation.exporters.filters import ExportFilters, FilterError
@@ -113,6 +114,53 @@ def export_count(spec: ExportSpec) -> int:
     if spec.kind == "pairs":
         return pairs_for_export(spec.filters).count()
     return consensus_for_export(spec.filters).count()
+
+
+def export_problem(spec: ExportSpec) -> str | None:
+    """Why this export would come out empty, in words a researcher can act on; None when it has rows.
+
+    Asked before a download starts, so nobody downloads ``[]`` and wonders why.
+    """
+    from annotation.selectors_research import consensus_for_export
+
+    what = "image-rank pairs" if spec.kind == "pairs" else "consensus rankings"
+    if export_count(spec) == 0:
+        return f"No {what} match these filters, so the file would be empty. Widen the filters."
+    if spec.format == "itercomp":
+        from annotation.exporters.rankings import itercomp_model_name
+        from gallery.models import Generator
+        from rankmath.rankformats import ITERCOMP_GALLERY
+
+        slugs_of: dict[str, list[str]] = {}
+        for slug in Generator.objects.values_list("slug", flat=True):
+            slugs_of.setdefault(itercomp_model_name(slug), []).append(slug)
+        missing = [name for name in ITERCOMP_GALLERY if name not in slugs_of]
+        six = ", ".join(ITERCOMP_GALLERY)
+        if missing:
+            return (
+                f"The IterComp format needs every task to have images from all six IterComp gallery models "
+                f"({six}), and no generator here is named {', '.join(missing)}. Name your generators after "
+                f"the six (manage register_generator --itercomp-gallery), or export as ImageReward JSON or "
+                f"JSONL, which take any generators."
+            )
+        gallery_slugs = [slug for name in ITERCOMP_GALLERY for slug in slugs_of[name]]
+        complete = (
+            consensus_for_export(spec.filters)
+            .alias(
+                n_gallery=Count(
+                    "task__images__generator__slug",
+                    filter=Q(task__images__generator__slug__in=gallery_slugs),
+                    distinct=True,
+                )
+            )
+            .filter(n_gallery__gte=len(ITERCOMP_GALLERY))
+        )
+        if not complete.exists():
+            return (
+                f"No task among these {what} has images from all six IterComp gallery models ({six}); "
+                f"the IterComp format would be empty. Export as ImageReward JSON or JSONL instead."
+            )
+    return None
 
 
 def _pair_rows(spec: ExportSpec, lookups: tuple[str, ...] = pairs.PAIR_LOOKUPS) -> Iterator[tuple]:

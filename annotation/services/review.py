@@ -3,16 +3,20 @@ flag and may retire the task."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.models import FlagKind, TaskFlag
-from annotation.services.claims import claim_for, claim_release, claims_expire_for_task
+from annotation.models import FlagKind, TaskClaim, TaskFlag
+from annotation.services.claims import claim_for, claim_reinstate, claim_release, claims_expire_for_task
 from annotation.services.refusals import ClaimClosed, ClaimNotFound, SubmissionInvalid
 from annotation.services.task_status import task_retire
 
 MAX_REASON_CHARS = 2000
+# A skip can be taken back this long after it was made (a key pressed by mistake); later it is the admins'.
+SKIP_UNDO_SECONDS = 10
 
 
 @transaction.atomic
@@ -54,3 +58,32 @@ def flag_resolve(
         # Holders of the task can no longer submit; their page tells them it was withdrawn.
         claims_expire_for_task(task_id=flag.task_id)
     return flag
+
+
+def skip_undoable(*, flag: TaskFlag, annotator: AbstractBaseUser, now: datetime | None = None) -> bool:
+    """Whether this annotator may still take this skip back (their own, unresolved, within the window)."""
+    now = now or timezone.now()
+    return (
+        flag.kind == FlagKind.SKIP
+        and flag.annotator_id == annotator.pk
+        and flag.resolved_at is None
+        and flag.created_at > now - timedelta(seconds=SKIP_UNDO_SECONDS)
+    )
+
+
+@transaction.atomic
+def skip_undo(*, flag_id: int, annotator: AbstractBaseUser) -> TaskClaim:
+    """Take a skip back: the task is this annotator's again (same shown order) and leaves the review queue."""
+    flag = TaskFlag.objects.select_for_update().filter(pk=flag_id).first()
+    if flag is None or flag.annotator_id != annotator.pk or flag.kind != FlagKind.SKIP:
+        raise ClaimNotFound("There is no skip of yours to undo.")
+    if not skip_undoable(flag=flag, annotator=annotator):
+        raise ClaimClosed(
+            f"A skip can be undone for {SKIP_UNDO_SECONDS} seconds only; it is in the review queue."
+        )
+    claim = TaskClaim.objects.get(task_id=flag.task_id, annotator=annotator)
+    if not claim_reinstate(claim_id=claim.pk):
+        raise ClaimClosed("Someone else took this task's free slot in the meantime; it stays skipped.")
+    flag.delete()
+    claim.refresh_from_db()
+    return claim

@@ -321,8 +321,256 @@
     return closed;
   }
 
+
+  /* ------------------------------------------------------------------ zoom and compare */
+
+  /* One <dialog> for the page, built here (the task partial is swapped; the viewer outlives it). Zoom shows
+   * one image as large as the window allows (arrows or a number change image, + and − magnify); compare
+   * shows two side by side. Both read the original file, so an expert sees every pixel a model drew; an
+   * image shown larger than its natural size keeps hard pixel edges. */
+  const viewer = { dialog: null, mode: null, labels: [], scale: 1, compareNext: 0, returnLabel: null };
+
+  function candImage(label) {
+    const form = document.querySelector("form.ranker");
+    return form ? form.querySelector('.cand[data-label="' + label + '"] img') : null;
+  }
+
+  function candCount() {
+    const form = document.querySelector("form.ranker");
+    return form ? form.querySelectorAll(".cand").length : 0;
+  }
+
+  function buildViewer() {
+    if (viewer.dialog) return viewer.dialog;
+    const dialog = document.createElement("dialog");
+    dialog.className = "viewer";
+    dialog.setAttribute("aria-labelledby", "viewer-title");
+    dialog.innerHTML =
+      '<header class="viewer-bar"><h2 id="viewer-title" tabindex="-1"></h2>' +
+      '<p class="viewer-help"></p>' +
+      '<button type="button" class="viewer-close">Close <kbd>Esc</kbd></button></header>' +
+      '<div class="viewer-panes"></div>';
+    dialog.querySelector(".viewer-close").addEventListener("click", closeViewer);
+    dialog.addEventListener("close", function () { afterClose(); });
+    document.body.appendChild(dialog);
+    viewer.dialog = dialog;
+    return dialog;
+  }
+
+  function pane(label, side) {
+    const source = candImage(label);
+    const figure = document.createElement("figure");
+    figure.className = "viewer-pane";
+    figure.dataset.label = String(label);
+    const caption = document.createElement("figcaption");
+    const n = candCount();
+    if (side) {
+      const sel = document.createElement("select");
+      sel.setAttribute("aria-label", side + " image");
+      for (let i = 1; i <= n; i++) {
+        const opt = document.createElement("option");
+        opt.value = String(i);
+        opt.textContent = "Image " + i;
+        if (i === label) opt.selected = true;
+        sel.appendChild(opt);
+      }
+      sel.addEventListener("change", function () {
+        const labels = viewer.labels.slice();
+        labels[side === "Left" ? 0 : 1] = parseInt(sel.value, 10);
+        showViewer("compare", labels, { keepFocus: sel });
+      });
+      caption.appendChild(sel);
+    } else {
+      const strong = document.createElement("strong");
+      strong.textContent = "Image " + label;
+      caption.appendChild(strong);
+    }
+    const size = document.createElement("span");
+    size.className = "viewer-size";
+    if (source) size.textContent = source.dataset.fullWidth + " × " + source.dataset.fullHeight + " px";
+    caption.appendChild(size);
+    const frame = document.createElement("div");
+    frame.className = "viewer-frame";
+    const img = document.createElement("img");
+    img.alt = "Image " + label + (source ? " (" + source.alt + ")" : "");
+    img.draggable = false;
+    img.addEventListener("load", function () { fitPane(figure); });
+    img.src = source ? source.dataset.full || source.currentSrc || source.src : "";
+    frame.appendChild(img);
+    figure.appendChild(caption);
+    figure.appendChild(frame);
+    return figure;
+  }
+
+  /* Size the image: fit the frame (aspect kept) times the magnification; pixelated when enlarged. */
+  function fitPane(figure) {
+    const frame = figure.querySelector(".viewer-frame");
+    const img = frame.querySelector("img");
+    const nw = img.naturalWidth, nh = img.naturalHeight;
+    if (!nw || !nh) return;
+    const fit = Math.min(frame.clientWidth / nw, frame.clientHeight / nh);
+    const scale = fit * (viewer.mode === "zoom" ? viewer.scale : 1);
+    img.style.width = Math.round(nw * scale) + "px";
+    img.style.height = Math.round(nh * scale) + "px";
+    img.classList.toggle("pixelated", scale > 1);
+    frame.classList.toggle("magnified", viewer.mode === "zoom" && viewer.scale > 1);
+  }
+
+  function showViewer(mode, labels, opts) {
+    const dialog = buildViewer();
+    const n = candCount();
+    if (!n) return;
+    viewer.mode = mode;
+    viewer.labels = labels.map(function (l) { return Math.min(Math.max(l, 1), n); });
+    dialog.classList.toggle("compare", mode === "compare");
+    const title = dialog.querySelector("#viewer-title");
+    const help = dialog.querySelector(".viewer-help");
+    if (mode === "zoom") {
+      title.textContent = "Image " + viewer.labels[0] + " of " + n + (viewer.scale > 1 ? " · ×" + viewer.scale : "");
+      help.innerHTML = "<kbd>←</kbd> <kbd>→</kbd> or a number: another image · <kbd>+</kbd> <kbd>−</kbd> magnify · <kbd>C</kbd> compare with the next";
+    } else {
+      title.textContent = "Image " + viewer.labels[0] + " and image " + viewer.labels[1];
+      help.innerHTML = "Two numbers choose another pair · <kbd>Z</kbd> zoom the left one";
+    }
+    const panes = dialog.querySelector(".viewer-panes");
+    panes.textContent = "";
+    if (mode === "zoom") panes.appendChild(pane(viewer.labels[0]));
+    else {
+      panes.appendChild(pane(viewer.labels[0], "Left"));
+      panes.appendChild(pane(viewer.labels[1], "Right"));
+    }
+    if (!dialog.open) dialog.showModal();
+    panes.querySelectorAll(".viewer-pane").forEach(fitPane);
+    if (opts && opts.keepFocus) {
+      const again = panes.querySelector('select[aria-label="' + opts.keepFocus.getAttribute("aria-label") + '"]');
+      if (again) again.focus();
+    } else {
+      title.focus();
+    }
+  }
+
+  function closeViewer() {
+    if (viewer.dialog && viewer.dialog.open) viewer.dialog.close();
+  }
+
+  function afterClose() {
+    if (viewer.dialog.open) return; // reopened before the (asynchronous) close event arrived
+    const label = viewer.mode === "zoom" ? viewer.labels[0] : viewer.returnLabel;
+    viewer.mode = null;
+    viewer.scale = 1;
+    // Back to the card the viewer was opened from (or last showed), so the keyboard user keeps their place.
+    const form = document.querySelector("form.ranker");
+    const pick = form && label ? form.querySelector('.cand[data-label="' + label + '"] .cand-pick') : null;
+    if (pick) pick.focus();
+  }
+
+  function openZoom(label) {
+    viewer.scale = 1;
+    viewer.returnLabel = label;
+    showViewer("zoom", [label]);
+  }
+
+  function openCompare(a, b) {
+    viewer.compareNext = 0;
+    viewer.returnLabel = a;
+    showViewer("compare", [a, b]);
+  }
+
+  function focusedLabel() {
+    const el = document.activeElement;
+    const card = el && el.closest ? el.closest(".cand") : null;
+    return card ? parseInt(card.dataset.label, 10) : 1;
+  }
+
+  /* Keys while the viewer is open; returns true when the key was the viewer's. */
+  function viewerKey(e) {
+    if (!viewer.dialog || !viewer.dialog.open) return false;
+    const key = e.key;
+    const n = candCount();
+    if (key === "Escape" || (key === "z" || key === "Z") && viewer.mode === "zoom" ||
+        (key === "c" || key === "C") && viewer.mode === "compare" && !typing(e.target)) {
+      e.preventDefault();
+      closeViewer();
+      return true;
+    }
+    if (typing(e.target)) return false; // the compare selects keep their own keys
+    if (viewer.mode === "zoom") {
+      const at = viewer.labels[0];
+      if (key === "ArrowRight" || key === "ArrowLeft") {
+        e.preventDefault();
+        showViewer("zoom", [((at - 1 + (key === "ArrowRight" ? 1 : n - 1)) % n) + 1]);
+      } else if (/^[1-9]$/.test(key)) {
+        e.preventDefault();
+        showViewer("zoom", [parseInt(key, 10)]);
+      } else if (key === "+" || key === "=") {
+        e.preventDefault();
+        viewer.scale = Math.min(viewer.scale * 2, 8);
+        showViewer("zoom", [at]);
+      } else if (key === "-" || key === "_") {
+        e.preventDefault();
+        viewer.scale = Math.max(viewer.scale / 2, 1);
+        showViewer("zoom", [at]);
+      } else if (key === "0") {
+        e.preventDefault();
+        viewer.scale = 1;
+        showViewer("zoom", [at]);
+      } else if (key === "c" || key === "C") {
+        e.preventDefault();
+        openCompare(at, (at % n) + 1);
+      }
+      return true;
+    }
+    if (/^[1-9]$/.test(key)) {
+      e.preventDefault();
+      const labels = viewer.labels.slice();
+      labels[viewer.compareNext] = parseInt(key, 10);
+      viewer.compareNext = 1 - viewer.compareNext;
+      showViewer("compare", labels);
+    } else if (key === "z" || key === "Z") {
+      e.preventDefault();
+      openZoom(viewer.labels[0]); // the dialog stays open: a close() here would fire "close" after this
+    }
+    return true;
+  }
+
+  document.addEventListener("click", function (e) {
+    const button = e.target.closest && e.target.closest("[data-zoom]");
+    if (button) {
+      e.preventDefault();
+      openZoom(parseInt(button.dataset.zoom, 10));
+    }
+  });
+  window.addEventListener("resize", function () {
+    if (viewer.dialog && viewer.dialog.open) viewer.dialog.querySelectorAll(".viewer-pane").forEach(fitPane);
+  });
+
+  let compareArmed = null; // after C: null, then [] waiting for the first number, then [a]
+
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
+    if (viewerKey(e)) return;
+    if (compareArmed !== null && !typing(e.target)) {
+      const ranker = activeRanker();
+      if (/^[1-9]$/.test(e.key) && ranker && parseInt(e.key, 10) <= ranker.n) {
+        e.preventDefault();
+        compareArmed.push(parseInt(e.key, 10));
+        if (compareArmed.length === 2) {
+          const pair = compareArmed;
+          compareArmed = null;
+          ranker.announce("");
+          openCompare(pair[0], pair[1]);
+        } else {
+          ranker.announce("Compare image " + compareArmed[0] + " with… press another number.");
+        }
+        return;
+      }
+      compareArmed = null;
+      if (ranker) ranker.announce("Compare cancelled.");
+      if (e.key === "Escape") {
+        e.preventDefault();
+        return;
+      }
+    }
     if (e.key === "Escape") {
       if (closePanels()) {
         e.preventDefault();
@@ -358,6 +606,19 @@
         e.preventDefault();
         skip.requestSubmit ? skip.requestSubmit() : skip.submit();
       }
+    } else if (key === "u" || key === "U") {
+      const undo = document.querySelector("form.undo-skip");
+      if (undo) {
+        e.preventDefault();
+        undo.requestSubmit ? undo.requestSubmit() : undo.submit();
+      }
+    } else if (key === "z" || key === "Z") {
+      e.preventDefault();
+      openZoom(focusedLabel());
+    } else if (key === "c" || key === "C") {
+      e.preventDefault();
+      compareArmed = [];
+      ranker.announce("Compare: press the numbers of two images.");
     } else if (key === "f" || key === "F") {
       e.preventDefault();
       openPanel("flag");
@@ -377,7 +638,29 @@
     });
   }
 
+  /* The skip's undo lasts a few seconds (the server decides; this only shows the time left and then
+   * takes the button away so nobody presses it in vain). */
+  function undoCountdown(root) {
+    const form = root.querySelector("form.undo-skip");
+    if (!form || form._ticking) return;
+    form._ticking = true;
+    const until = parseInt(form.dataset.until, 10);
+    const left = form.querySelector(".undo-left");
+    function tick() {
+      const s = Math.ceil((until - Date.now()) / 1000);
+      if (!document.body.contains(form)) return;
+      if (s <= 0) {
+        form.remove();
+        return;
+      }
+      if (left) left.textContent = s + " s";
+      setTimeout(tick, 250);
+    }
+    tick();
+  }
+
   function init(root) {
+    undoCountdown(root || document);
     (root || document).querySelectorAll("form.ranker").forEach(function (form) {
       if (!form._ranker) form._ranker = new Ranker(form);
     });
@@ -387,13 +670,16 @@
   document.addEventListener("DOMContentLoaded", function () { init(document); });
 
   // htmx swaps a new task in after each submit: wire it, and move focus to its prompt so the keyboard
-  // user (and a screen reader) lands on the new task.
-  document.addEventListener("htmx:afterSettle", function (e) {
-    const target = e.detail && e.detail.elt ? e.detail.elt : document;
-    const scope = document.getElementById("task") || target;
-    init(scope);
+  // user (and a screen reader) lands on the new task. This runs on afterSwap, in the same task as the
+  // swap itself: afterSettle comes a settle delay later (a timer, longer on a busy machine), and in that
+  // gap the new task was on screen with focus on <body> and no ranker wired, so keys pressed then were lost.
+  document.addEventListener("htmx:afterSwap", function (e) {
+    const task = document.getElementById("task");
+    if (!task || task._wired) return; // afterSwap fires once per swapped element
+    task._wired = true;
+    init(task);
     const title = document.getElementById("task-title");
-    if (title && scope.contains(title)) title.focus({ preventScroll: false });
+    if (title && task.contains(title)) title.focus({ preventScroll: false });
   });
 
   // A refused submission comes back as 4xx with the task and the reason; show it in place.

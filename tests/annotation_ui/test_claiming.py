@@ -168,3 +168,52 @@ def test_claiming_a_task_that_holds_a_lapsed_lease_takes_at_most_ten_queries(
     assert claim is not None and claim.task_id == task.pk
     assert len(queries) <= 10, "\n".join(q["sql"] for q in queries.captured_queries)
     assert TaskClaim.objects.get(pk=stale.pk).status == ClaimStatus.EXPIRED
+
+
+def test_an_undone_skip_takes_its_slot_back_only_while_the_slot_is_free(
+    make_user, task_factory, spatial, settings
+):
+    from annotation.models import TaskFlag
+    from annotation.services.refusals import ClaimClosed
+    from annotation.services.review import skip_undo
+
+    settings.GOLD_TASK_RATE = 0
+    task_factory(required=1)
+    ann, other = make_user("annotator"), make_user("annotator")
+    mine = task_claim_next(annotator=ann, category=spatial)
+    flag = task_release(claim_id=mine.pk, annotator=ann, kind="skip")
+    claim = skip_undo(flag_id=flag.pk, annotator=ann)
+    assert (claim.pk, claim.status, claim.shown_order) == (mine.pk, ClaimStatus.ACTIVE, mine.shown_order)
+    assert not TaskFlag.objects.exists()
+    # The slot is held again: nobody else gets it.
+    assert task_claim_next(annotator=other, category=spatial) is None
+
+    # Skipped again, and this time someone takes the free slot first: the skip stays, in the review queue.
+    flag = task_release(claim_id=mine.pk, annotator=ann, kind="skip")
+    assert task_claim_next(annotator=other, category=spatial).task_id == mine.task_id
+    with pytest.raises(ClaimClosed, match="took this task's free slot"):
+        skip_undo(flag_id=flag.pk, annotator=ann)
+    assert TaskFlag.objects.get().pk == flag.pk
+    assert TaskClaim.objects.filter(task_id=mine.task_id, status=ClaimStatus.ACTIVE).count() == 1
+
+
+def test_a_skip_cannot_be_undone_after_the_window_or_by_someone_else(
+    make_user, task_factory, spatial, settings
+):
+    from annotation.models import TaskFlag
+    from annotation.services.refusals import ClaimClosed, ClaimNotFound
+    from annotation.services.review import SKIP_UNDO_SECONDS, skip_undo
+
+    settings.GOLD_TASK_RATE = 0
+    task_factory(required=2)
+    ann = make_user("annotator")
+    mine = task_claim_next(annotator=ann, category=spatial)
+    flag = task_release(claim_id=mine.pk, annotator=ann, kind="skip")
+    with pytest.raises(ClaimNotFound):
+        skip_undo(flag_id=flag.pk, annotator=make_user("annotator"))
+    TaskFlag.objects.filter(pk=flag.pk).update(
+        created_at=timezone.now() - timedelta(seconds=SKIP_UNDO_SECONDS + 1)
+    )
+    with pytest.raises(ClaimClosed):
+        skip_undo(flag_id=flag.pk, annotator=ann)
+    assert TaskClaim.objects.get(pk=mine.pk).status == ClaimStatus.RELEASED

@@ -48,15 +48,7 @@ def page(browser, live_server, plain_static):
     context = browser.new_context(viewport={"width": 1440, "height": 900}, base_url=live_server.url)
     page = context.new_page()
     page.console_errors = []
-    # The browser asks for /favicon.ico on its own; the studio has none, which is not the page's error.
-    page.on(
-        "console",
-        lambda m: (
-            m.type == "error"
-            and not m.location.get("url", "").endswith("/favicon.ico")
-            and page.console_errors.append(m.text)
-        ),
-    )
+    page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
     page.on("pageerror", lambda e: page.console_errors.append(str(e)))
     yield page
     context.close()

@@ -119,9 +119,30 @@ def _labels_to_ids(claim: TaskClaim, labels: list[int]) -> list[list[int]]:
     return [[claim.shown_order[label - 1]] for label in labels]
 
 
+_WATCH_NEXT_TASK = """text => {
+  const seen = new MutationObserver(() => {
+    const h = document.getElementById('task-title');
+    if (!h || !h.textContent.includes(text)) return;
+    const form = document.querySelector('form.ranker');
+    window.__nextTaskSeen = {focus: document.activeElement.id, wired: !!(form && form._ranker)};
+    seen.disconnect();
+  });
+  seen.observe(document.body, {childList: true, subtree: true});
+}"""
+
+
 def test_a_full_task_ranked_and_submitted_by_keyboard_only_then_the_prefetched_next_task(
     page, tasks, annotator, artifacts
 ):
+    """Keyboard only from the queue link to the second task.
+
+    This test once failed under load (`'' == 'task-title'`): the page moved focus to the new task on htmx's
+    afterSettle, a timer after the swap, so for that moment the next task was on screen with focus on
+    <body> and its keys unwired. The page now does both on afterSwap, in the swap's own script task, and
+    the test checks the state at the first moment the new title is in the DOM (a MutationObserver), which
+    fails on the old code every time rather than under load only. Checked with two busy loops
+    (`python3 -c 'while True: pass'` ×2) on the 2-core machine: see BENCHMARKS.md, "Browser tests under load".
+    """
     requested: list[str] = []
     page.on("request", lambda r: requested.append(r.url))
     _login(page)
@@ -151,10 +172,14 @@ def test_a_full_task_ranked_and_submitted_by_keyboard_only_then_the_prefetched_n
     assert "Place 1 more image" in page.locator(".order-status").inner_text()
     page.keyboard.press("4")
     assert page.locator(".cand[data-label='4'] .cand-rank").inner_text() == "6th"
+    # Note the focus and the keyboard wiring at the first moment the next task is in the DOM (a mutation
+    # observer runs right after the script that inserted it): a keyboard user may press a key at once.
+    page.evaluate(_WATCH_NEXT_TASK, PROMPTS[1])
     page.keyboard.press("Enter")
 
     # Auto-advance: the next task arrives in place, with the images that were prefetched.
     _wait_for_title(page, PROMPTS[1])
+    assert page.evaluate("window.__nextTaskSeen") == {"focus": "task-title", "wired": True}
     ranking = Ranking.objects.get(annotator=annotator)
     assert ranking.ordering == _labels_to_ids(claim, [3, 1, 5, 2, 6, 4])
     assert ranking.shown_order == claim.shown_order

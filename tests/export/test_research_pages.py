@@ -61,7 +61,7 @@ def test_figure_numbers_download_as_csv_and_json(researcher_client, dataset):
     [
         "/research/",
         "/research/export/",
-        "/research/export/download/?kind=pairs&format=jsonl",
+        "/research/export/check/?kind=pairs&format=jsonl",
         "/research/data/agreement.csv",
         "/research/snapshots/",
         "/research/token/",
@@ -73,6 +73,13 @@ def test_research_pages_are_for_researchers_and_admins(client, make_user, url):
     assert client.get(url).status_code == 403
     client.force_login(make_user("admin"))
     assert client.get(url).status_code == 200
+
+
+def test_a_download_with_no_rows_is_refused_with_the_reason(researcher_client):
+    # No rankings at all: the page explains instead of sending an empty file.
+    response = researcher_client.get("/research/export/download/?kind=pairs&format=jsonl")
+    assert response.status_code == 409
+    assert "No image-rank pairs match these filters" in response.content.decode()
 
 
 def test_export_form_downloads_directly_or_redirects_to_a_job_when_too_big(

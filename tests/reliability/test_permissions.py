@@ -21,7 +21,8 @@ from tests.consensus import factories as f
 ROLES = ("anonymous", "annotator", "researcher", "admin")
 # The OpenAPI schema and its viewer describe the endpoints, never data: public on purpose (clients and
 # schemathesis read it without a token).
-PUBLIC = {"accounts/login/", "healthz", "accounts/logout/", "api/schema/", "api/docs/"}
+# The favicon is a redirect to a static icon.
+PUBLIC = {"accounts/login/", "healthz", "accounts/logout/", "api/schema/", "api/docs/", "favicon.ico"}
 # Prefixes (of the route with parameters filled) and who may reach them.
 RESEARCH = ("research/", "api/")
 ADMIN_ONLY = (
