@@ -136,7 +136,14 @@ def _round_with_results(admin):
         iteration=0,
         file=name,
         sha256=sha,
-        metrics={"val_accuracy": 0.81, "test_accuracy": 0.79},
+        metrics={
+            "val_accuracy": 0.81,
+            "test_accuracy": 0.79,
+            "own_accuracy": 0.55,
+            "own_accuracy_ci_low": 0.47,
+            "own_accuracy_ci_high": 0.63,
+            "own_pairs": 96,
+        },
     )
     for step, (reward, heldout) in enumerate([(0.1, 0.30), (0.5, 0.34), (0.9, 0.28)]):
         round_record_metric(
@@ -174,3 +181,12 @@ def test_checkpoints_download_for_researchers_only(client, make_user):
     client.force_login(make_user("researcher"))
     response = client.get(url)
     assert response.status_code == 200 and b"".join(response.streaming_content) == data
+
+
+def test_round_page_shows_the_gate_own_sample_accuracy_of_each_reward_model(client, make_user):
+    admin = make_user("admin")
+    r, _ = _round_with_results(admin)
+    client.force_login(admin)
+    page = client.get(f"/training/rounds/{r.pk}/").content.decode()
+    assert "own samples" in page and "0.550 [0.470, 0.630] · 96 pairs" in page
+    assert "not above chance" in page
