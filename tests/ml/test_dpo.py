@@ -355,3 +355,47 @@ def test_checkpoint_is_self_describing_and_load_policy_applies_it(tmp_path, tiny
             untouched = base.denoise(base.unet, x, t, cond)
         torch.testing.assert_close(chained, trained, rtol=1e-4, atol=1e-5)
         assert (chained - untouched).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------------------------ latent families
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_latent_families_train_lora_on_vae_latents_and_their_checkpoint_applies(family, tmp_path):
+    from training.ml.refl.adapters import SD15Adapter, SDXLAdapter
+    from training.ml.refl.stage import apply_refl_checkpoint
+    from training.ml.refl.tiny import tiny_sd15_pipeline, tiny_sdxl_pipeline
+
+    tokenizer = Path(__file__).resolve().parents[1] / "fixtures" / "tokenizers" / "clip"
+
+    def make():
+        if family == "sd15":
+            return SD15Adapter(tiny_sd15_pipeline(tokenizer))
+        return SDXLAdapter(tiny_sdxl_pipeline(tokenizer))
+
+    adapter = make()
+    frozen = {name: snapshot(m) for name, m in adapter.frozen_modules().items()}
+    data = RenderedPairs(3)
+    trainer = DPOTrainer(adapter, config(max_steps=2, batch_size=2), data.pairs, data, output_dir=tmp_path)
+    summary = trainer.train()
+    assert all("lora" in n for n in trainer.named_params)
+    winner, _ = trainer.pair_latents(data.pairs[0])
+    assert winner.shape == adapter.latent_shape(1, trainer.height, trainer.width)[1:]
+    for name, module in adapter.frozen_modules().items():
+        assert all(torch.equal(frozen[name][n], p) for n, p in module.named_parameters()), name
+        assert all(p.grad is None for p in module.parameters()), name
+    assert "implicit_acc" in summary.last_metrics and summary.last_metrics["loss"] > 0
+
+    fresh = make()
+    apply_refl_checkpoint(fresh, summary.checkpoint)
+    latents = torch.randn((2, *winner.shape), generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([10, 600])
+    cond = trainer._cond([PROMPT, PROMPT])
+    trainer.unet.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fresh.denoise(fresh.unet, latents, t, cond),
+            adapter.denoise(trainer.unet, latents, t, cond),
+            rtol=1e-4,
+            atol=1e-5,
+        )
