@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -399,3 +400,58 @@ def test_latent_families_train_lora_on_vae_latents_and_their_checkpoint_applies(
             rtol=1e-4,
             atol=1e-5,
         )
+
+
+# ------------------------------------------------------------------------------------ Algorithm 1 step
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_finetune_dpo_chains_iterations_and_reports_held_out_implicit_accuracy(tmp_path, tiny_base, lora):
+    from tests.ml.test_algorithm1_steps import tiny_round
+    from training.ml.algorithm1.steps import finetune_dpo, load_policy
+
+    config = tiny_round(lora=lora, lora_rank=2, steps=4, batch_size=2)
+    data = RenderedPairs(6)
+    # The round's fine-tuning budget, with a β and learning rate sized for a tiny random model.
+    dpo = round_dpo_settings(config, lora, learning_rate=1e-2 if lora else 1e-3)
+    chain: list[Path] = []
+    results = []
+    for k in range(2):
+        result = finetune_dpo(
+            config,
+            family="world",
+            base_path=str(tiny_base),
+            chain=chain,
+            pairs=data.pairs[:4],
+            loader=data,
+            output_dir=tmp_path / f"it{k}",
+            iteration=k,
+            heldout_pairs=data.pairs[4:],
+            dpo=dpo(k),
+        )
+        results.append(result)
+        chain.append(Path(result.checkpoint.path))
+    first = results[0]
+    assert first.checkpoint.kind == "dpo" and first.checkpoint.metrics["steps"] == 4
+    assert [c["step"] for c in first.curve] == [0, 1, 2, 3, 4]
+    assert first.curve[0]["val/implicit_acc"] == 0.5  # the policy is its own reference at step 0
+    assert "val/implicit_acc" in first.curve[-1] and "loss" in first.curve[1]
+    # Iteration 1's reference is p_1, so it starts at accuracy ½ again.
+    assert results[1].curve[0]["val/implicit_acc"] == 0.5
+    p0, p1, p2 = (load_policy("world", str(tiny_base), chain[:k]) for k in range(3))
+    weights = [dict(p.unet.named_parameters()) for p in (p0, p1, p2)]
+    assert all(set(w) == set(weights[0]) for w in weights)
+    assert any(not torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+    assert any(not torch.equal(weights[1][n], weights[2][n]) for n in weights[0])
+
+
+def round_dpo_settings(config, lora: bool, learning_rate: float):
+    from training.ml.algorithm1.steps import dpo_config
+
+    def make(iteration: int) -> DPOConfig:
+        base = dpo_config(config, iteration)
+        assert base.max_steps == 4 and base.train_mode == ("lora" if lora else "full")
+        assert base.seed == config.seed + iteration
+        return dataclasses.replace(base, beta=500.0, learning_rate=learning_rate)
+
+    return make
