@@ -224,7 +224,7 @@ def test_a_preference_for_red_raises_the_red_share_of_samples_and_blue_lowers_it
         adapter = world_adapter()
         before = sample(adapter, prompts, num_inference_steps=8, latents=noise.clone())
         trainer = DPOTrainer(
-            adapter, config(train_mode="full", max_steps=15, learning_rate=1e-3), data.pairs, data
+            adapter, config(train_mode="full", max_steps=6, learning_rate=3e-3), data.pairs, data
         )
         trainer.train()
         trainer.unet.eval()
@@ -232,10 +232,10 @@ def test_a_preference_for_red_raises_the_red_share_of_samples_and_blue_lowers_it
         return red_share(before), red_share(after)
 
     base, red = red_after("red", "blue")
-    assert red > base + 0.05
+    assert red > base + 0.1
     base_again, blue = red_after("blue", "red")
     assert base_again == base
-    assert blue < red - 0.05
+    assert blue < red - 0.1  # the colour that moved is the preferred one, not any colour
 
 
 # ------------------------------------------------------------------------------------ data handling
