@@ -455,3 +455,17 @@ def round_dpo_settings(config, lora: bool, learning_rate: float):
         return dataclasses.replace(base, beta=500.0, learning_rate=learning_rate)
 
     return make
+
+
+def test_applying_a_checkpoint_that_is_neither_refl_nor_dpo_is_refused(tmp_path):
+    from training.ml.refl.stage import apply_refl_checkpoint
+    from training.ml.reward.checkpoint import save_reward_model
+    from training.ml.reward.config import RewardModelConfig
+    from training.ml.reward.model import build_reward_model
+
+    path = save_reward_model(build_reward_model(RewardModelConfig.tiny("spatial"), seed=0), tmp_path / "rm")
+    adapter = world_adapter()
+    before = snapshot(adapter.unet)
+    with pytest.raises(CheckpointError, match="expected one of"):
+        apply_refl_checkpoint(adapter, path)
+    assert all(torch.equal(before[n], p) for n, p in adapter.unet.named_parameters())
