@@ -129,6 +129,10 @@ class DPOTrainer:
         self.unet = adapter.unet
         self._reference: nn.Module | None = None
         self._prepare_trainable()
+        if self._reference is not None and on_gpu and frozen_dtype is not None:
+            # The reference never trains: like the VAE it may live in the mixed-precision dtype (the
+            # authors' code does the same), which halves the second UNet's memory.
+            self._reference.to(dtype=frozen_dtype)
         self.named_params = {n: p for n, p in self.unet.named_parameters() if p.requires_grad}
         self.optimizer = build_optimizer(self.named_params.values(), config)  # type: ignore[arg-type]
         self.unet_for_training, self.optimizer = accelerator.prepare(self.unet, self.optimizer)
@@ -223,7 +227,8 @@ class DPOTrainer:
         losers = torch.stack([lo for _, lo in latents])
         clean = torch.cat([winners, losers])
         # The same noise and the same timestep for a pair's winner and loser: only the image differs.
-        noise = torch.randn(winners.shape, generator=generator).to(device, clean.dtype).repeat(2, 1, 1, 1)
+        noise = torch.randn(winners.shape, generator=generator).to(device, clean.dtype)
+        noise = torch.cat([noise, noise])
         num_train = adapter.scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, num_train, (len(records),), generator=generator).to(device).repeat(2)
         noisy = adapter.scheduler.add_noise(clean, noise, timesteps)
