@@ -469,3 +469,18 @@ def test_applying_a_checkpoint_that_is_neither_refl_nor_dpo_is_refused(tmp_path)
     with pytest.raises(CheckpointError, match="expected one of"):
         apply_refl_checkpoint(adapter, path)
     assert all(torch.equal(before[n], p) for n, p in adapter.unet.named_parameters())
+
+
+def test_progress_callback_can_stop_the_run_and_the_checkpoint_records_where(tmp_path):
+    data = RenderedPairs(4)
+    trainer = DPOTrainer(world_adapter(), config(max_steps=5), data.pairs, data, output_dir=tmp_path)
+    summary = trainer.train(lambda step, total, metrics: step < 2)
+    assert summary.stopped_early and summary.stop_reason == "requested" and summary.steps == 2
+    assert read_checkpoint_meta(tmp_path / "last", kind="dpo")["metadata"]["step"] == 2
+
+
+def test_config_round_trips_through_json():
+    from training.ml.common import config_from_dict, config_to_dict
+
+    cfg = config(ties="down_weight", tie_weight=0.25, use_pair_weights=True, lora=LoRASettings(rank=8))
+    assert config_from_dict(DPOConfig, config_to_dict(cfg)) == cfg
