@@ -31,6 +31,9 @@ from rankmath.pairs import insert_by_score
 from training.ml.algorithm1.config import RoundConfig
 from training.ml.algorithm1.gate import GateClosed, PairAccuracy, gate_reason, pair_accuracy, split_own_pairs
 from training.ml.common import CheckpointInfo, ProgressCallback
+from training.ml.dpo.config import DPOConfig
+from training.ml.dpo.trainer import CHECKPOINT_KIND as DPO_CHECKPOINT_KIND
+from training.ml.dpo.trainer import DPOTrainer
 from training.ml.refl.adapters import DiffusionAdapter
 from training.ml.refl.config import GuardConfig, LoRASettings, ReFLConfig
 from training.ml.refl.sampler import initial_noise, sample
@@ -465,6 +468,90 @@ def checkpoint_config(path: str | Path) -> dict[str, Any]:
     return json.loads((Path(path) / "checkpoint.json").read_text()).get("config", {})
 
 
+# ------------------------------------------------------------------------------------ Diffusion-DPO
+
+
+def dpo_config(config: RoundConfig, iteration: int, beta: float = 5000.0) -> DPOConfig:
+    """Diffusion-DPO for p_k → p_{k+1} with the round's fine-tuning budget (steps, batch, lr, LoRA)."""
+    fb = config.feedback
+    return DPOConfig(
+        beta=beta,
+        batch_size=fb.batch_size,
+        max_steps=fb.steps,
+        learning_rate=fb.learning_rate,
+        weight_decay=fb.weight_decay,
+        train_mode="lora" if fb.lora else "full",
+        lora=LoRASettings(rank=fb.lora_rank),
+        seed=config.seed + iteration,
+    )
+
+
+def finetune_dpo(
+    config: RoundConfig,
+    *,
+    family: str,
+    base_path: str,
+    chain: Sequence[str | Path],
+    pairs: Sequence[PairRecord],
+    loader: ImageLoader,
+    output_dir: str | Path,
+    iteration: int,
+    heldout_pairs: Sequence[PairRecord] = (),
+    dpo: DPOConfig | None = None,
+    eval_every: int = 0,
+    progress: ProgressCallback | None = None,
+) -> FinetuneResult:
+    """p_k → p_{k+1} by Diffusion-DPO on ``pairs`` from p_k (base + ``chain``), against p_k as reference.
+
+    No reward model and no gate: the pairs are the training signal. ``heldout_pairs`` (decided pairs
+    not trained on) give the implicit reward accuracy at step 0, every ``eval_every`` steps and at the
+    end; the curve holds the DPO loss and batch accuracy per step. The checkpoint chains through
+    ``load_policy`` like a ReFL one.
+    """
+    settings = dpo if dpo is not None else dpo_config(config, iteration)
+    output_dir = Path(output_dir)
+    trainer = DPOTrainer(
+        load_policy(family, base_path, chain), settings, pairs, loader, output_dir=output_dir
+    )
+    heldout = [p for p in heldout_pairs if p.label == 1.0]
+    curve: list[dict[str, float]] = []
+
+    def held_out() -> dict[str, float]:
+        scores = trainer.evaluate_pairs(heldout, seed=config.seed)
+        return {f"val/{k}": v for k, v in scores.items()}
+
+    if heldout:
+        curve.append({"step": 0, **held_out()})
+
+    def record(step: int, total: int, metrics: Mapping[str, float]) -> bool | None:
+        keep = {k: float(metrics[k]) for k in ("loss", "implicit_acc") if k in metrics}
+        if heldout and (step == total or (eval_every and step % eval_every == 0)):
+            keep.update(held_out())
+        curve.append({"step": step, **keep})
+        return progress(step, total, {**metrics, **keep}) if progress is not None else None
+
+    summary = trainer.train(record)
+    if heldout and (
+        not curve or curve[-1].get("step") != summary.steps or "val/implicit_acc" not in curve[-1]
+    ):
+        # A requested early stop skips the final evaluation in ``record``.
+        curve.append({"step": summary.steps, **held_out()})
+    assert summary.checkpoint is not None
+    metrics = {
+        "steps": summary.steps,
+        "pairs": len(trainer.pairs),
+        "last": summary.last_metrics,
+        "heldout": {k: v for k, v in curve[-1].items() if k.startswith("val/")} if heldout else {},
+    }
+    info = CheckpointInfo(
+        path=summary.checkpoint,
+        kind=DPO_CHECKPOINT_KIND,
+        metrics=metrics,
+        stopped_early=summary.stopped_early,
+    )
+    return FinetuneResult(info, curve)
+
+
 __all__ = [
     "FinetuneResult",
     "base_model_location",
@@ -473,7 +560,9 @@ __all__ = [
     "own_sample_accuracy",
     "choose_prompts",
     "expansion_prompts",
+    "dpo_config",
     "finetune",
+    "finetune_dpo",
     "hash_rank",
     "insert_samples",
     "load_policy",

@@ -170,14 +170,22 @@ def finetune_refl(
     )
 
 
+APPLICABLE_KINDS = (CHECKPOINT_KIND, "dpo")
+
+
 def apply_refl_checkpoint(adapter: DiffusionAdapter, directory: str | Path) -> dict[str, Any]:
-    """Put a ReFL checkpoint's deployable weights (EMA when it has them) into ``adapter.unet``.
+    """Put a ReFL (or Diffusion-DPO) checkpoint's deployable weights (EMA when it has them) into ``adapter.unet``.
 
     LoRA checkpoints get the same adapter layout added first; full checkpoints overwrite the UNet.
     Returns the checkpoint's JSON metadata.
     """
     directory = Path(directory)
-    meta = read_checkpoint_meta(directory, kind=CHECKPOINT_KIND)
+    meta = read_checkpoint_meta(directory)
+    # Diffusion-DPO checkpoints share this layout; their settings sit under "dpo" instead of "refl".
+    if meta.get("kind") not in APPLICABLE_KINDS:
+        raise CheckpointError(
+            f"{directory}: checkpoint holds a {meta.get('kind')!r}, expected one of {APPLICABLE_KINDS}"
+        )
     stored = meta["config"]
     if stored["model"].get("family") != adapter.family:
         raise CheckpointError(
@@ -189,7 +197,7 @@ def apply_refl_checkpoint(adapter: DiffusionAdapter, directory: str | Path) -> d
     if stored["train_mode"] == "lora":
         from peft import LoraConfig
 
-        lora = config_from_dict(LoRASettings, stored["refl"]["lora"])
+        lora = config_from_dict(LoRASettings, stored[meta["kind"]]["lora"])
         unet.add_adapter(
             LoraConfig(
                 r=lora.rank,
