@@ -18,8 +18,9 @@ from annotation.views import admin_page
 from gallery.models import Category
 from gallery.promptfiles import FILE_STEMS, UnknownCategory, category_from_file_name, resolve_category
 from gallery.selectors import GALLERY_SIZE
-from gallery.services.prompts import PromptImportResult, prompts_import_texts
+from gallery.services.prompts import PromptFileRefused, PromptImportResult, prompts_import_texts
 from gallery.services.prompts import category_get as gallery_category_get
+from gallery.splits import SPLITS
 
 MAX_PROMPT_FILE_BYTES = 5 * 1024 * 1024
 
@@ -31,7 +32,7 @@ class FileReport:
     error: str = ""
 
 
-def _import_one(upload, *, category: str, source: str, licence: str) -> FileReport:
+def _import_one(upload, *, category: str, source: str, licence: str, split: str | None) -> FileReport:
     name = upload.name
     if upload.size > MAX_PROMPT_FILE_BYTES:
         return FileReport(name, error=f"larger than {MAX_PROMPT_FILE_BYTES // (1024 * 1024)} MB; split it")
@@ -41,9 +42,10 @@ def _import_one(upload, *, category: str, source: str, licence: str) -> FileRepo
         lines = upload.read().decode("utf-8-sig").splitlines()
         parent, sub = gallery_category_get(key)
         result = prompts_import_texts(
-            texts=lines, category=parent, subcategory=sub, source=source, licence=licence
+            texts=lines, category=parent, subcategory=sub, source=source, licence=licence, split=split
         )
-    except UnknownCategory as exc:
+    except (UnknownCategory, PromptFileRefused) as exc:
+        # The prompt rules refuse the whole file and name each refused line; nothing of it was written.
         return FileReport(name, error=str(exc))
     except UnicodeDecodeError:
         return FileReport(name, error="not UTF-8 text: one prompt per line is expected")
@@ -57,7 +59,11 @@ def prompts_import(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         uploads = request.FILES.getlist("files")
-        if not uploads:
+        split = request.POST.get("split", "") or None
+        if split is not None and split not in SPLITS:
+            reports.append(FileReport("—", error=f"split must be one of {', '.join(SPLITS)}"))
+            uploads = []
+        elif not uploads:
             reports.append(FileReport("—", error="choose at least one prompt file"))
         for upload in uploads:
             reports.append(
@@ -66,6 +72,7 @@ def prompts_import(request: HttpRequest) -> HttpResponse:
                     category=request.POST.get("category", ""),
                     source=request.POST.get("source", "").strip() or "upload",
                     licence=request.POST.get("licence", "").strip(),
+                    split=split,
                 )
             )
         if any(r.error for r in reports):
@@ -73,7 +80,7 @@ def prompts_import(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "annotation/prompts_import.html",
-        {"reports": reports, "stems": sorted(FILE_STEMS), "values": request.POST},
+        {"reports": reports, "stems": sorted(FILE_STEMS), "splits": SPLITS, "values": request.POST},
         status=status,
     )
 
