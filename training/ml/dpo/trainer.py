@@ -46,6 +46,7 @@ from training.ml.refl.optim import (
     optimizer_state_to_tensors,
     set_learning_rate,
 )
+from training.ml.refl.trainable import add_lora, load_trainable, place_on_accelerator, reference_denoiser
 from training.ml.reward.data import ImageLoader, PairRecord
 
 CHECKPOINT_KIND = "dpo"
@@ -121,15 +122,12 @@ class DPOTrainer:
 
             accelerator = Accelerator(mixed_precision=config.mixed_precision)
         self.accelerator = accelerator
-        frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
-        on_gpu = accelerator.device.type != "cpu"
-        adapter.to(accelerator.device, frozen_dtype if on_gpu else None)
-        adapter.freeze_frozen_modules()
+        frozen_dtype = place_on_accelerator(adapter, accelerator, config.mixed_precision)
 
         self.unet = adapter.unet
         self._reference: nn.Module | None = None
         self._prepare_trainable()
-        if self._reference is not None and on_gpu and frozen_dtype is not None:
+        if self._reference is not None and frozen_dtype is not None:
             # The reference never trains: like the VAE it may live in the mixed-precision dtype (the
             # authors' code does the same), which halves the second UNet's memory.
             self._reference.to(dtype=frozen_dtype)
@@ -146,19 +144,7 @@ class DPOTrainer:
     def _prepare_trainable(self) -> None:
         cfg = self.config
         if cfg.train_mode == "lora":
-            from peft import LoraConfig
-
-            self.unet.requires_grad_(False)
-            lora = LoraConfig(
-                r=cfg.lora.rank,
-                lora_alpha=cfg.lora.alpha if cfg.lora.alpha is not None else cfg.lora.rank,
-                lora_dropout=cfg.lora.dropout,
-                init_lora_weights=True,  # B = 0: the policy starts exactly at the reference
-                target_modules=list(cfg.lora.target_modules),
-            )
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                self.unet.add_adapter(lora)
+            add_lora(self.unet, cfg.lora, cfg.seed)
         else:
             # Copied before any update, so the reference is the model training starts from.
             self._reference = copy.deepcopy(self.unet).requires_grad_(False).eval()
@@ -170,14 +156,8 @@ class DPOTrainer:
     @contextlib.contextmanager
     def reference_unet(self) -> Iterator[nn.Module]:
         """The frozen reference denoiser (the model training started from)."""
-        if self._reference is not None:
-            yield self._reference
-            return
-        self.unet.disable_adapters()
-        try:
-            yield self.unet
-        finally:
-            self.unet.enable_adapters()
+        with reference_denoiser(self.unet, self._reference) as unet:
+            yield unet
 
     # ------------------------------------------------------------------ data
 
@@ -399,15 +379,4 @@ class DPOTrainer:
         self.last_metrics = dict(metadata.get("metrics") or {})
 
     def _load_trainable(self, state: Mapping[str, torch.Tensor]) -> None:
-        missing = sorted(set(self.named_params) - set(state))
-        unexpected = sorted(set(state) - set(self.named_params))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"trainable weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
-        with torch.no_grad():
-            for name, param in self.named_params.items():
-                value = state[name]
-                if value.shape != param.shape:
-                    raise CheckpointError(f"{name}: shape {tuple(value.shape)} vs {tuple(param.shape)}")
-                param.copy_(value.to(param.device, param.dtype))
+        load_trainable(self.named_params, state)

@@ -52,6 +52,7 @@ from training.ml.refl.sampler import (
     refl_forward,
     sample,
 )
+from training.ml.refl.trainable import add_lora, load_trainable, place_on_accelerator, reference_denoiser
 
 CHECKPOINT_KIND = "refl"
 EMA_FILE = "ema.safetensors"
@@ -159,10 +160,7 @@ class ReFLTrainer:
 
             accelerator = Accelerator(mixed_precision=config.mixed_precision)
         self.accelerator = accelerator
-        frozen_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
-        on_gpu = accelerator.device.type != "cpu"
-        adapter.to(accelerator.device, frozen_dtype if on_gpu else None)
-        adapter.freeze_frozen_modules()
+        place_on_accelerator(adapter, accelerator, config.mixed_precision)
         scorers = [spec.fn for spec in self.rewards.values()] + ([heldout] if heldout is not None else [])
         for fn in scorers:
             for module in _modules_of(fn):
@@ -186,19 +184,7 @@ class ReFLTrainer:
     def _prepare_trainable(self) -> None:
         cfg = self.config
         if cfg.train_mode == "lora":
-            from peft import LoraConfig
-
-            self.unet.requires_grad_(False)
-            lora = LoraConfig(
-                r=cfg.lora.rank,
-                lora_alpha=cfg.lora.alpha if cfg.lora.alpha is not None else cfg.lora.rank,
-                lora_dropout=cfg.lora.dropout,
-                init_lora_weights=True,  # B = 0: the adapted model starts exactly at the base model
-                target_modules=list(cfg.lora.target_modules),
-            )
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(cfg.seed)
-                self.unet.add_adapter(lora)
+            add_lora(self.unet, cfg.lora, cfg.seed)
         else:
             self.unet.requires_grad_(True)
             if cfg.kl_weight > 0:
@@ -211,14 +197,8 @@ class ReFLTrainer:
     @contextlib.contextmanager
     def reference_unet(self) -> Iterator[nn.Module]:
         """The frozen reference denoiser (the base model) for the KL-style penalty."""
-        if self._reference is not None:
-            yield self._reference
-            return
-        self.unet.disable_adapters()
-        try:
-            yield self.unet
-        finally:
-            self.unet.enable_adapters()
+        with reference_denoiser(self.unet, self._reference) as unet:
+            yield unet
 
     @property
     def reward_weights(self) -> dict[str, float]:
@@ -572,18 +552,7 @@ class ReFLTrainer:
             raise CheckpointError(f"{self.output_dir}: guard history present but no 'best' snapshot")
 
     def _load_trainable(self, state: Mapping[str, torch.Tensor]) -> None:
-        missing = sorted(set(self.named_params) - set(state))
-        unexpected = sorted(set(state) - set(self.named_params))
-        if missing or unexpected:
-            raise CheckpointError(
-                f"trainable weights do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
-        with torch.no_grad():
-            for name, param in self.named_params.items():
-                value = state[name]
-                if value.shape != param.shape:
-                    raise CheckpointError(f"{name}: shape {tuple(value.shape)} vs {tuple(param.shape)}")
-                param.copy_(value.to(param.device, param.dtype))
+        load_trainable(self.named_params, state)
 
 
 def _cuda_devices() -> list[int]:
