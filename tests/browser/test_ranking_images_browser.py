@@ -94,10 +94,18 @@ def test_zoom_and_compare_by_keyboard_only(page, mixed_task, expert, artifacts):
     # Arrows step through the images, + magnifies (twice the size), Escape closes back onto the card.
     page.keyboard.press("ArrowRight")
     expect(viewer.locator("#viewer-title")).to_have_text("Image 2 of 6")
-    before = viewer.locator(".viewer-frame img").evaluate("img => img.getBoundingClientRect().width")
+    # The next image is sized once it has loaded: measure after decode and the page's own sizing frame.
+    loaded_width = (
+        "async img => { await img.decode(); await new Promise(r => requestAnimationFrame(r));"
+        " return img.getBoundingClientRect().width; }"
+    )
+    page.wait_for_function(
+        "() => document.querySelector('.viewer-frame img').getBoundingClientRect().width > 0"
+    )
+    before = viewer.locator(".viewer-frame img").evaluate(loaded_width)
     page.keyboard.press("+")
     expect(viewer.locator("#viewer-title")).to_have_text("Image 2 of 6 · ×2")
-    after = viewer.locator(".viewer-frame img").evaluate("img => img.getBoundingClientRect().width")
+    after = viewer.locator(".viewer-frame img").evaluate(loaded_width)
     assert after == pytest.approx(2 * before, abs=2)
     page.keyboard.press("Escape")
     expect(viewer).to_be_hidden()
