@@ -239,6 +239,8 @@ GOLD_TASK_RATE = env_float("GOLD_TASK_RATE", 0.1, minimum=0.0, maximum=1.0)
 REWARD_BLIP_PATH = env_str("REWARD_BLIP_PATH", "")
 # The synthetic world's base model folder; empty means the committed checkpoint.
 WORLD_BASE_MODEL_PATH = env_str("WORLD_BASE_MODEL_PATH", "")
+# The synthetic world's pretrained reward encoder (a local BLIP folder); empty: the committed one.
+WORLD_ENCODER_PATH = env_str("WORLD_ENCODER_PATH", "")
 ROUND_STALE_AFTER_S = env_int("ROUND_STALE_AFTER_S", 120, minimum=5)
 ROUND_AUTO_RESUME_ATTEMPTS = env_int("ROUND_AUTO_RESUME_ATTEMPTS", 0, minimum=0, maximum=10)
 RECONCILE_AFTER_S = env_int("RECONCILE_AFTER_S", 300, minimum=5)

@@ -330,3 +330,48 @@ def aggregate(
             f"unknown aggregation method {method!r}; choose one of {sorted(METHODS)}"
         ) from None
     return function(rankings, weights)
+
+
+TIE_TOLERANCE = 1e-7
+
+
+def consensus_tie_groups(
+    result: AggregationResult,
+    rankings: Sequence[Ordering],
+    weights: Sequence[float] | None = None,
+    *,
+    margin: float = 0.0,
+) -> Ordering:
+    """The strict consensus with the ties the experts left unresolved merged into groups.
+
+    Two neighbours of the consensus are tied when the weighted share of experts putting the first above the
+    second (ties counting half) lies within ``margin`` of one half. With ``margin == 0`` (experts who can
+    mark ties themselves, as in the app) they must also have equal method scores: the order was then decided
+    by the deterministic item-id tie-break alone. With ``margin > 0`` (a panel that never marks ties, such
+    as the simulated one, where an exact tie shows up as a near-even split) the split alone decides; e.g.
+    ``0.1`` with five equal experts ties 3-2 splits. A 0.5-labelled pair is then what the panel said.
+    """
+    if not 0 <= margin < 0.5:
+        raise AggregationError(f"tie margin must be in [0, 0.5), got {margin}")
+    prepared = _prepare(rankings, weights)
+    index = {item: i for i, item in enumerate(prepared.items)}
+    support = pairwise_support(prepared)
+    total = float(prepared.weights.sum())
+    groups: Ordering = []
+    previous: Hashable | None = None
+    for (item,) in result.ordering:
+        if previous is not None:
+            a, b = index[previous], index[item]
+            share = support[a, b] / total
+            even = abs(share - 0.5) <= margin + 1e-9
+            if margin == 0:
+                even = even and math.isclose(
+                    result.scores[previous], result.scores[item], rel_tol=TIE_TOLERANCE, abs_tol=TIE_TOLERANCE
+                )
+            if even:
+                groups[-1].append(item)
+                previous = item
+                continue
+        groups.append([item])
+        previous = item
+    return groups

@@ -32,6 +32,15 @@ class RoundForm(forms.Form):
     )
     iterations = forms.IntegerField(min_value=1, max_value=10, initial=3)
     seed = forms.IntegerField(min_value=0, initial=0)
+    reward_backbone = forms.ChoiceField(
+        choices=[
+            ("pretrained", "Pretrained BLIP, partly frozen (IterComp)"),
+            ("scratch", "From-scratch BLIP"),
+        ],
+        initial=_R.backbone,
+        required=False,
+        help_text="Pretrained: the worker's REWARD_BLIP_PATH, or for the synthetic world its committed encoder.",
+    )
     reward_epochs = forms.IntegerField(min_value=1, max_value=100, initial=_R.epochs)
     reward_learning_rate = forms.FloatField(initial=_R.learning_rate)
     reward_freeze_fraction = forms.FloatField(initial=_R.freeze_fraction)
@@ -66,6 +75,7 @@ class RoundForm(forms.Form):
                 base_model=data["base_model"],
                 seed=data["seed"],
                 reward=RewardStageConfig(
+                    backbone=data.get("reward_backbone") or _R.backbone,
                     epochs=data["reward_epochs"],
                     learning_rate=data["reward_learning_rate"],
                     freeze_fraction=data["reward_freeze_fraction"],

@@ -86,9 +86,12 @@ def storage_image_loader() -> Callable[[str, str], Any]:
 
 
 def reward_pretrained_path(config: RoundConfig) -> str | None:
-    """The BLIP folder the worker names for real runs; the synthetic world's reward models start from
-    the round configuration's small from-scratch BLIP."""
-    return None if config.is_synthetic else (settings.REWARD_BLIP_PATH or None)
+    """The BLIP folder the worker names: REWARD_BLIP_PATH for a diffusers base; for the synthetic world
+    WORLD_ENCODER_PATH, else the committed world encoder (the round's backbone setting decides whether
+    either is used)."""
+    if config.is_synthetic:
+        return settings.WORLD_ENCODER_PATH or None
+    return settings.REWARD_BLIP_PATH or None
 
 
 def base_model(config: RoundConfig) -> tuple[str, str]:

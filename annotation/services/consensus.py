@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -32,6 +32,7 @@ from rankmath.aggregation import (
     AggregationResult,
     _prepare,
     aggregate,
+    consensus_tie_groups,
     pairwise_support,
 )
 from rankmath.agreement import kendalls_w, needs_more_rankings
@@ -42,9 +43,6 @@ logger = logging.getLogger(__name__)
 
 # Ranking.source values written by the loop's reward-model insertion rather than by a person.
 MODEL_RANKING_SOURCES = frozenset({"model", "reward_model"})
-
-# Scores closer than this count as equal when deciding whether the consensus had to break a tie.
-_TIE_TOLERANCE = 1e-7
 
 
 def consensus_schedule(*, task_id: int) -> None:
@@ -95,35 +93,6 @@ def _aggregate(method: str, orderings: list[Ordering], weights: list[float]) -> 
         logger.info("task has %d images, more than exact Kemeny allows; using Borda", n_items)
         method = "borda"
     return aggregate(method, orderings, weights)
-
-
-def consensus_tie_groups(
-    result: AggregationResult, orderings: Sequence[Ordering], weights: Sequence[float]
-) -> Ordering:
-    """The strict consensus with the ties the experts left unresolved merged into groups.
-
-    Two neighbours of the consensus are tied when their method scores are equal and the weighted experts
-    split evenly between them: the order was then decided by the deterministic item-id tie-break alone.
-    """
-    prepared = _prepare(orderings, weights)
-    index = {item: i for i, item in enumerate(prepared.items)}
-    support = pairwise_support(prepared)
-    groups: Ordering = []
-    previous: Hashable | None = None
-    for (item,) in result.ordering:
-        if previous is not None:
-            a, b = index[previous], index[item]
-            same_score = math.isclose(
-                result.scores[previous], result.scores[item], rel_tol=_TIE_TOLERANCE, abs_tol=_TIE_TOLERANCE
-            )
-            draw = math.isclose(support[a, b], support[b, a], rel_tol=1e-9, abs_tol=1e-9)
-            if same_score and draw:
-                groups[-1].append(item)
-                previous = item
-                continue
-        groups.append([item])
-        previous = item
-    return groups
 
 
 def _pair_weight(pair: Pair, support, index: dict[Hashable, int], total: float) -> float:

@@ -12,6 +12,7 @@ from rankmath.aggregation import (
     KEMENY_MAX_ITEMS,
     AggregationError,
     aggregate,
+    consensus_tie_groups,
     kemeny_distance,
     plackett_luce,
     weighted_borda,
@@ -204,3 +205,34 @@ def test_bad_inputs_are_rejected_with_clear_errors(rankings, weights, message):
 def test_unknown_method_is_rejected():
     with pytest.raises(AggregationError, match="unknown aggregation method 'median'"):
         aggregate("median", [strict(0, 1)])
+
+
+def _strict(*items):
+    return [[item] for item in items]
+
+
+def test_tie_groups_merge_a_three_two_split_only_when_the_margin_allows_it():
+    # Five equal experts; a and b are split 3-2, b and c 5-0.
+    rankings = [_strict("a", "b", "c")] * 3 + [_strict("b", "a", "c")] * 2
+    result = weighted_borda(rankings)
+    assert result.ordering == [["a"], ["b"], ["c"]]
+    assert consensus_tie_groups(result, rankings, margin=0.1) == [["a", "b"], ["c"]]
+    assert consensus_tie_groups(result, rankings, margin=0.0) == [["a"], ["b"], ["c"]]
+
+
+def test_tie_groups_keep_a_four_one_split_strict():
+    rankings = [_strict("a", "b")] * 4 + [_strict("b", "a")]
+    result = weighted_borda(rankings)
+    assert consensus_tie_groups(result, rankings, margin=0.1) == [["a"], ["b"]]
+
+
+def test_tie_groups_with_no_margin_tie_an_exactly_even_split_of_equal_scores():
+    rankings = [_strict("a", "b"), _strict("b", "a")]
+    result = weighted_borda(rankings)
+    assert consensus_tie_groups(result, rankings) == [["a", "b"]]
+
+
+def test_tie_groups_refuse_a_margin_that_would_tie_everything():
+    rankings = [_strict("a", "b")]
+    with pytest.raises(AggregationError):
+        consensus_tie_groups(weighted_borda(rankings), rankings, margin=0.5)

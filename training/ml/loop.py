@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from rankmath.aggregation import aggregate
+from rankmath.aggregation import aggregate, consensus_tie_groups
 from rankmath.pairs import pairs_from_ordering
 from training.ml.algorithm1.config import FeedbackStageConfig, PushBackConfig, RewardStageConfig, RoundConfig
 from training.ml.algorithm1.gate import GateClosed
@@ -126,6 +126,10 @@ class LoopConfig:
     gallery_seeds: int = 1
     annotators: int = 5  # the first n of the world's default panel (the fifth is the careless one)
     consensus_method: str = "borda"
+    # The panel never marks ties; an exact tie shows up as a near-even split. Consensus neighbours whose
+    # weighted support is within this of one half become tied (0.5-labelled pairs) instead of a coin-flip
+    # strict label (0.1 with five experts: 3-2 splits). 0 keeps ties only where the support is exactly even.
+    tie_margin: float = 0.1
     image_size: int = 32
     # Validation prompts per subcategory for the guard; drawn from the pretraining split, never in D.
     val_prompts_per_subcategory: int = 6
@@ -151,6 +155,8 @@ class LoopConfig:
             raise ValueError(f"the world's panel has {len(default_panel())} annotators")
         if self.consensus_method not in ("borda", "kemeny", "plackett_luce"):
             raise ValueError(f"unknown consensus_method {self.consensus_method!r}")
+        if not 0 <= self.tie_margin < 0.5:
+            raise ValueError(f"tie_margin must be in [0, 0.5), got {self.tie_margin}")
         if self.val_prompts_per_subcategory < 1:
             raise ValueError("the guard needs validation prompts (val_prompts_per_subcategory >= 1)")
         if self.base_in_gallery and self.base_samples < 1:
@@ -292,7 +298,8 @@ def expert_ranking(config: LoopConfig, data: RankedData, prompt: str, ids: Seque
     # Annotators see exactly what is stored (8-bit), not the float render.
     arrays = [data.load([i])[0] for i in ids]
     rankings = [[[ids[j]] for j in annotator.rank(prompt, arrays)] for annotator in panel]
-    return [list(g) for g in aggregate(config.consensus_method, rankings).ordering]
+    result = aggregate(config.consensus_method, rankings)
+    return [list(g) for g in consensus_tie_groups(result, rankings, margin=config.tie_margin)]
 
 
 def world_policy(config: LoopConfig, chain: Sequence[str | Path] = ()) -> DiffusionAdapter:

@@ -16,10 +16,17 @@ SYNTHETIC_BASE = "synthetic-world"
 
 # Settings that earlier versions stored and no step ever read; dropped when an old round is loaded.
 RETIRED_SETTINGS: dict[str, frozenset[str]] = {"reward": frozenset({"include_x0_predictions"})}
+# Settings added later, with the value that describes what rounds stored before them actually ran.
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {"reward": {"backbone": "scratch"}}
+BACKBONES: tuple[str, ...] = ("pretrained", "scratch")
 
 
 @dataclass(frozen=True)
 class RewardStageConfig:
+    # "pretrained": the reward models start from a pretrained BLIP, part of it frozen, as IterComp does
+    # (the synthetic world's committed encoder, or the worker's REWARD_BLIP_PATH for a diffusers base);
+    # "scratch": a from-scratch BLIP of the sizes below.
+    backbone: str = "pretrained"
     epochs: int = 2
     learning_rate: float = 1e-5
     batch_prompts: int = 8
@@ -38,6 +45,7 @@ class RewardStageConfig:
     gate_share: float = 0.5
 
     def __post_init__(self) -> None:
+        _check(self.backbone in BACKBONES, f"reward backbone must be one of {', '.join(BACKBONES)}")
         _check(1 <= self.epochs <= 100, "reward epochs must be between 1 and 100")
         _check(0 < self.learning_rate < 1, "reward learning rate must be in (0, 1)")
         _check(1 <= self.batch_prompts <= 1024, "reward batch must be between 1 and 1024 prompts")
@@ -98,7 +106,12 @@ class FeedbackStageConfig:
             1 <= self.late_steps <= self.sampling_steps, "late steps must be between 1 and the sampling steps"
         )
         _check(self.guidance_scale >= 1, "guidance scale must be at least 1")
-        _check(self.reward_scale > 0, "reward scale must be positive")
+        # 0 is the pretraining-loss-only control: the same steps, images and schedule without the rewards.
+        _check(self.reward_scale >= 0, "reward scale cannot be negative")
+        _check(
+            self.reward_scale > 0 or self.pretrain_loss_weight > 0,
+            "with reward scale 0 only the pretraining loss trains (the control run); give it a positive weight",
+        )
         _check(1 <= self.batch_size <= 256, "feedback batch must be between 1 and 256")
         _check(self.weight_decay >= 0, "weight decay cannot be negative")
         _check(1 <= self.lora_rank <= 256, "LoRA rank must be between 1 and 256")
@@ -179,6 +192,7 @@ def _check(condition: bool, message: str) -> None:
 
 def _sub(cls, data: dict[str, Any], section: str):
     data = {k: v for k, v in data.items() if k not in RETIRED_SETTINGS.get(section, frozenset())}
+    data = {**LEGACY_DEFAULTS.get(section, {}), **data}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     _check(not unknown, f"unknown {cls.__name__} settings: {', '.join(unknown)}")

@@ -71,8 +71,16 @@ def base_model_location(config: RoundConfig, world_base_path: str) -> tuple[str,
 def reward_model_config(
     config: RoundConfig, category: str, pretrained_path: str | None = None
 ) -> RewardModelConfig:
-    """A pretrained BLIP folder when the worker names one; else the from-scratch BLIP of the config."""
+    """The pretrained BLIP the round asks for (the worker's folder, or the synthetic world's committed
+    encoder), or the from-scratch BLIP of the config."""
     reward = config.reward
+    if config.is_synthetic:
+        if reward.backbone == "scratch":
+            pretrained_path = None
+        elif not pretrained_path:
+            from training.ml.world.encoder import ENCODER_DIR
+
+            pretrained_path = str(ENCODER_DIR)
     if pretrained_path:
         return RewardModelConfig(
             category=category,  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .encoder import EncoderConfig
 from .model import PRETRAINED_DIR, WorldDiffusionModel, WorldModelConfig
 from .pretrain import PretrainConfig, pretrain
 
@@ -38,6 +39,20 @@ def main(argv: list[str] | None = None) -> int:
         "--attention-levels", type=int, default=model_defaults.attention_levels
     )  # None: all but 32 px
 
+    enc = commands.add_parser(
+        "encoder", help="pretrain the world's BLIP encoder (reward models start from it)"
+    )
+    enc_defaults = EncoderConfig()
+    enc.add_argument("--out", type=Path, required=True)
+    enc.add_argument("--seed", type=int, default=enc_defaults.seed)
+    enc.add_argument("--steps", type=int, default=enc_defaults.steps)
+    enc.add_argument("--batch-size", type=int, default=enc_defaults.batch_size)
+    enc.add_argument("--lr", type=float, default=enc_defaults.learning_rate)
+    enc.add_argument("--hidden-size", type=int, default=enc_defaults.hidden_size)
+    enc.add_argument("--layers", type=int, default=enc_defaults.layers)
+    enc.add_argument("--threads", type=int, default=enc_defaults.threads)
+    enc.add_argument("--eval-examples", type=int, default=enc_defaults.eval_examples)
+
     sample = commands.add_parser("sample", help="write a PNG grid of samples for prompts")
     sample.add_argument("prompts", nargs="+")
     sample.add_argument("--model", type=Path, default=PRETRAINED_DIR)
@@ -64,6 +79,24 @@ def main(argv: list[str] | None = None) -> int:
         command = "python -m training.ml.world " + " ".join(shlex.quote(a) for a in argv)
         _, record = pretrain(config, out=args.out, command=command)
         print(f"saved to {args.out} after {record['wall_seconds']}s ({record['seconds_per_step']}s/step)")
+        return 0
+
+    if args.command == "encoder":
+        from .encoder import pretrain_encoder
+
+        encoder_config = EncoderConfig(
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            hidden_size=args.hidden_size,
+            layers=args.layers,
+            seed=args.seed,
+            threads=args.threads,
+            eval_examples=args.eval_examples,
+        )
+        command = "python -m training.ml.world " + " ".join(shlex.quote(a) for a in argv)
+        record = pretrain_encoder(encoder_config, out=args.out, command=command)
+        print(f"saved to {args.out} after {record['wall_seconds']}s; held-out {record['held_out']}")
         return 0
 
     model = WorldDiffusionModel.from_pretrained(args.model)

@@ -1,0 +1,495 @@
+"""Pretrain the world's vision–language encoder: the synthetic stand-in for BLIP's pretraining.
+
+IterComp's reward models start from a *pretrained* BLIP (70 % frozen). A from-scratch BLIP trained on a few
+thousand gallery pairs learns which generator drew an image instead of what the image shows, and ranks the
+base model's own samples at chance. This module trains a small BLIP (``BlipForImageTextRetrieval``: ViT with
+4 px patches, text encoder with cross-attention, ITM and ITC heads) once, on rendered scenes with their true
+captions and hard negatives, and saves it as an ordinary local HuggingFace BLIP folder, so that the reward
+models load it exactly as they load a real BLIP (``RewardModelConfig(pretrained_path=...)``).
+
+The training data never contains a diffusion model's sample scored by the oracle: every image is a render of a
+*planned* scene (correct, or with the world's composition errors applied on purpose), in one of several
+styles (clean, degraded, blob-like, noisy), and every label comes from the scene that was planned:
+- **image–text matching** (ITM, BLIP's ``[ENC]`` + ``itm_head``): the caption is the prompt the scene was
+  planned from or a one-word-edit hard negative of it (swapped or changed colour/texture/size, changed shape,
+  reversed relation); it matches when every fact of the caption holds in the scene and nothing extra is drawn;
+- **image–text contrastive** (ITC, ``vision_proj``/``text_proj``) over the batch's matching pairs;
+- a **dense auxiliary loss**: for each 4 px cell of the 32 px image, which shape, colour and texture is drawn
+  there (or nothing). Matching alone stays at chance (recorded in ``../shared/research``); the per-cell
+  labels give the patch tokens something to learn first. The dense head is discarded after training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from .degrade import DegradeConfig, degrade_array
+from .errors import ERRORS_FOR, OPPOSITE, planned_scene
+from .facts import truth_score
+from .grammar import PromptSpec, all_prompt_specs, is_held_out
+from .layout import LayoutError
+from .scene import render_scene_array
+from .vocab import COLORS, REFERENCE_CANVAS, SHAPES, SIZES, SUBCATEGORIES, TEXTURES, grammar_words
+
+ENCODER_DIR = Path(__file__).resolve().parent / "assets" / "encoder"
+SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]")
+STYLES: tuple[str, ...] = ("clean", "degraded", "blob", "noisy")
+# Label ids per cell: the object's shape/colour/texture, the last id of each meaning "nothing drawn here".
+EMPTY_SHAPE, EMPTY_COLOR, EMPTY_TEXTURE = len(SHAPES), len(COLORS), len(TEXTURES)
+_STYLE_DEGRADE: dict[str, DegradeConfig] = {
+    "degraded": DegradeConfig(),
+    # Blob-like: what an undertrained diffusion model draws (soft outlines, tinted, blotchy background).
+    "blob": DegradeConfig(cast=(0.8, 1.1), blur_sigma=(1.0, 1.8), blotch_amplitude=(0.0, 0.08)),
+    "noisy": DegradeConfig(cast=(0.8, 1.1), blur_sigma=(0.0, 0.5), noise_sigma=(0.05, 0.12)),
+}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    steps: int = 1200
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 60
+    weight_decay: float = 0.01
+    hidden_size: int = 96
+    layers: int = 4
+    patch_size: int = 4
+    image_size: int = REFERENCE_CANVAS
+    # Share of examples whose caption is a hard negative of the planned prompt (the rest plan 0-2 errors
+    # into the scene instead); together they give roughly balanced matches and mismatches.
+    caption_negative_share: float = 0.3
+    scene_error_share: float = 0.4
+    dense_weight: float = 1.0
+    itc_weight: float = 0.5
+    itc_temperature: float = 0.07
+    grad_clip: float = 1.0
+    eval_examples: int = 2000
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.batch_size, self.layers, self.eval_examples, self.threads) < 1:
+            raise ValueError("steps, batch_size, layers, eval_examples and threads must be positive")
+        if self.hidden_size % 32 or self.hidden_size < 32:
+            raise ValueError("hidden_size must be a positive multiple of 32 (32-wide attention heads)")
+        if self.image_size % self.patch_size:
+            raise ValueError("image_size must be a multiple of patch_size")
+        if self.patch_size > 4:
+            raise ValueError("objects are 8-12 px wide at 32 px: patches above 4 px leave too few tokens")
+        for name in ("caption_negative_share", "scene_error_share"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1]")
+        if self.learning_rate <= 0 or self.itc_temperature <= 0 or self.grad_clip <= 0:
+            raise ValueError("learning_rate, itc_temperature and grad_clip must be positive")
+        if min(self.dense_weight, self.itc_weight, self.weight_decay, self.warmup_steps) < 0:
+            raise ValueError("loss weights, weight decay and warm-up must be non-negative")
+
+
+# ----------------------------------------------------------------------------------------- examples
+def vocabulary() -> list[str]:
+    return list(SPECIAL_TOKENS) + grammar_words()
+
+
+def encoder_prompt_specs(held_out: bool) -> dict[str, list[PromptSpec]]:
+    """Per subcategory, the training-split prompts (or the held-out ones the encoder never sees)."""
+    return {
+        sub: [spec for spec in all_prompt_specs(sub) if is_held_out(spec.text) == held_out]
+        for sub in SUBCATEGORIES
+    }
+
+
+def _other(values: list[str], exclude: set[str | None], rng: np.random.Generator) -> str:
+    choices = [v for v in values if v not in exclude]
+    return choices[int(rng.integers(len(choices)))]
+
+
+def hard_negative(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
+    """A caption one edit away from ``spec``: an attribute swapped between the objects or changed, a shape
+    changed, or the relation reversed. Whether it still matches a scene is decided by the scene's facts."""
+    for _ in range(20):
+        first, second = spec.objects
+        kind = int(rng.integers(4))
+        try:
+            if kind == 0 and spec.relation is not None:
+                relation = OPPOSITE.get(spec.relation)
+                if relation is None:  # inside / touching: swap the roles of the two objects
+                    return dataclasses.replace(spec, objects=(second, first))
+                return dataclasses.replace(spec, relation=relation)
+            if kind == 1:
+                target = int(rng.integers(2))
+                objects = list(spec.objects)
+                used = {obj.shape for obj in objects}
+                objects[target] = dataclasses.replace(objects[target], shape=_other(list(SHAPES), used, rng))
+                return dataclasses.replace(spec, objects=tuple(objects))
+            stated = [(i, key) for i, obj in enumerate(spec.objects) for key in obj.attributes()]
+            if not stated:
+                continue
+            i, key = stated[int(rng.integers(len(stated)))]
+            objects = list(spec.objects)
+            other = objects[1 - i]
+            if (
+                kind == 2
+                and getattr(other, key) is not None
+                and getattr(other, key) != getattr(objects[i], key)
+            ):
+                a, b = getattr(objects[0], key), getattr(objects[1], key)
+                objects[0] = dataclasses.replace(objects[0], **{key: b})
+                objects[1] = dataclasses.replace(objects[1], **{key: a})
+            else:
+                values = {"color": list(COLORS), "texture": list(TEXTURES), "size": list(SIZES)}[key]
+                exclude = {getattr(objects[i], key)} | ({other.color} if key == "color" else set())
+                objects[i] = dataclasses.replace(objects[i], **{key: _other(values, exclude, rng)})
+            return dataclasses.replace(spec, objects=tuple(objects))
+        except ValueError:
+            continue
+    return spec
+
+
+def cell_labels(coverages: list[np.ndarray], scene_objects: tuple, patch: int) -> np.ndarray:
+    """[3, G, G] shape/colour/texture ids of the object covering most of each ``patch``-px cell (or empty)."""
+    size = coverages[0].shape[0] if coverages else REFERENCE_CANVAS
+    owner = np.full((size, size), -1, dtype=np.int64)
+    for index, alpha in enumerate(coverages):  # drawing order: later objects are on top
+        owner[alpha >= 0.5] = index
+    grid = size // patch
+    cells = owner.reshape(grid, patch, grid, patch).transpose(0, 2, 1, 3).reshape(grid, grid, -1)
+    labels = np.empty((3, grid, grid), dtype=np.int64)
+    labels[0], labels[1], labels[2] = EMPTY_SHAPE, EMPTY_COLOR, EMPTY_TEXTURE
+    shapes, colors = list(SHAPES), list(COLORS)
+    for gy in range(grid):
+        for gx in range(grid):
+            values, counts = np.unique(cells[gy, gx], return_counts=True)
+            top = int(values[np.argmax(counts)])
+            if top >= 0:
+                obj = scene_objects[top]
+                labels[:, gy, gx] = (
+                    shapes.index(obj.shape),
+                    colors.index(obj.color),
+                    TEXTURES.index(obj.texture),
+                )
+    return labels
+
+
+def render_style(img: np.ndarray, style: str, rng: np.random.Generator) -> np.ndarray:
+    if style == "clean":
+        return img
+    out = degrade_array(img, rng, _STYLE_DEGRADE[style])
+    if style == "blob" and rng.random() < 0.5:
+        # Some blobs lose their outline entirely: a second blur of the colour field only.
+        out = ndimage.gaussian_filter(out, sigma=(0.6, 0.6, 0))
+    return out
+
+
+def draw_example(
+    specs: dict[str, list[PromptSpec]], rng: np.random.Generator, config: EncoderConfig
+) -> tuple[np.ndarray, str, int, np.ndarray, str]:
+    """(image HWC in [0,1], caption, 1 if the caption matches the scene, cell labels, style)."""
+    sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
+    pool = specs[sub]
+    spec = pool[int(rng.integers(len(pool)))]
+    errors: tuple[str, ...] = ()
+    if rng.random() < config.scene_error_share:
+        options = ERRORS_FOR[sub]
+        count = 1 + int(rng.random() < 0.3)
+        errors = tuple(options[int(rng.integers(len(options)))] for _ in range(count))
+    try:
+        scene = planned_scene(spec, rng, errors)
+    except LayoutError:
+        scene = planned_scene(spec, rng)
+    caption_spec = hard_negative(spec, rng) if rng.random() < config.caption_negative_share else spec
+    match = int(truth_score(caption_spec, scene) == 1.0)
+    img, coverages = render_scene_array(scene, config.image_size)
+    style = STYLES[int(rng.integers(len(STYLES)))]
+    labels = cell_labels(coverages, scene.objects, config.patch_size)
+    return render_style(img, style, rng), caption_spec.text, match, labels, style
+
+
+def draw_batch(
+    specs: dict[str, list[PromptSpec]], rng: np.random.Generator, config: EncoderConfig, size: int
+) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor, list[str]]:
+    examples = [draw_example(specs, rng, config) for _ in range(size)]
+    images = torch.from_numpy(np.stack([e[0] for e in examples])).permute(0, 3, 1, 2).contiguous().float()
+    return (
+        images,
+        [e[1] for e in examples],
+        torch.tensor([e[2] for e in examples]),
+        torch.from_numpy(np.stack([e[3] for e in examples])),
+        [e[4] for e in examples],
+    )
+
+
+# ----------------------------------------------------------------------------------------- model
+def build_tokenizer(folder: Path):
+    from transformers import BertTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(vocabulary()) + "\n")
+    tokenizer = BertTokenizer(str(vocab_file), do_lower_case=True)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    tokenizer.enc_token_id = tokenizer.convert_tokens_to_ids("[ENC]")
+    if len(tokenizer) != len(vocabulary()):
+        raise RuntimeError("the world tokenizer grew beyond its vocabulary file")
+    return tokenizer
+
+
+def build_blip(config: EncoderConfig, vocab_size: int):
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+
+    heads = config.hidden_size // 32
+    blip_config = BlipConfig(
+        vision_config=dict(
+            hidden_size=config.hidden_size,
+            intermediate_size=4 * config.hidden_size,
+            num_hidden_layers=config.layers,
+            num_attention_heads=heads,
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            initializer_range=0.02,
+        ),
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=config.hidden_size,
+            encoder_hidden_size=config.hidden_size,
+            intermediate_size=4 * config.hidden_size,
+            num_hidden_layers=config.layers,
+            num_attention_heads=heads,
+            max_position_embeddings=40,
+            initializer_range=0.02,
+            is_decoder=True,
+            use_cache=False,
+            pad_token_id=SPECIAL_TOKENS.index("[PAD]"),
+            bos_token_id=SPECIAL_TOKENS.index("[DEC]"),
+            sep_token_id=SPECIAL_TOKENS.index("[SEP]"),
+        ),
+        projection_dim=config.hidden_size,
+        image_text_hidden_size=config.hidden_size,
+    )
+    return BlipForImageTextRetrieval(blip_config)
+
+
+class DenseHead(nn.Module):
+    """Per-patch-token shape/colour/texture logits (pretraining only; not saved with the encoder)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.shape = nn.Linear(hidden, EMPTY_SHAPE + 1)
+        self.color = nn.Linear(hidden, EMPTY_COLOR + 1)
+        self.texture = nn.Linear(hidden, EMPTY_TEXTURE + 1)
+
+    def loss(self, patch_tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over the three label kinds, and the share of cells all three get right."""
+        flat = labels.flatten(2)  # [B, 3, G*G]
+        correct = torch.ones_like(flat[:, 0], dtype=torch.bool)
+        total = patch_tokens.new_zeros(())
+        for k, head in enumerate((self.shape, self.color, self.texture)):
+            logits = head(patch_tokens)  # [B, G*G, C]
+            total = total + F.cross_entropy(logits.transpose(1, 2), flat[:, k])
+            correct &= logits.argmax(-1) == flat[:, k]
+        return total / 3, correct.float().mean()
+
+
+def _pixel_values(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    from training.ml.preprocess import PreprocessConfig, preprocess_images
+
+    return preprocess_images(images, PreprocessConfig(image_size=image_size))
+
+
+def _tokenize(tokenizer, captions: list[str], first: str) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(captions, padding="longest", return_tensors="pt")
+    ids = enc["input_ids"].clone()
+    if first == "enc":
+        ids[:, 0] = tokenizer.enc_token_id
+    return ids, enc["attention_mask"]
+
+
+def losses(
+    blip, dense: DenseHead, tokenizer, batch, config: EncoderConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    images, captions, match, labels, _ = batch
+    pixel_values = _pixel_values(images, config.image_size)
+    image_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
+    ids, mask = _tokenize(tokenizer, captions, "enc")
+    fused = blip.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds)
+    itm_logits = blip.itm_head(fused.last_hidden_state[:, 0, :])
+    itm = F.cross_entropy(itm_logits, match)
+    dense_loss, cell_acc = dense.loss(image_embeds[:, 1:, :], labels)
+    total = itm + config.dense_weight * dense_loss
+    stats = {
+        "itm": float(itm.detach()),
+        "itm_acc": float((itm_logits.argmax(-1) == match).float().mean()),
+        "dense": float(dense_loss.detach()),
+        "cell_acc": float(cell_acc),
+    }
+    positives = match.nonzero().flatten()
+    if config.itc_weight > 0 and positives.numel() >= 2:
+        cls_ids, cls_mask = _tokenize(tokenizer, [captions[i] for i in positives.tolist()], "cls")
+        text = blip.text_encoder(input_ids=cls_ids, attention_mask=cls_mask).last_hidden_state[:, 0, :]
+        text_feat = F.normalize(blip.text_proj(text), dim=-1)
+        image_feat = F.normalize(blip.vision_proj(image_embeds[positives, 0, :]), dim=-1)
+        sim = image_feat @ text_feat.t() / config.itc_temperature
+        # Identical captions in one batch are both right answers: soft targets over equal captions.
+        same = torch.tensor(
+            [[captions[i] == captions[j] for j in positives.tolist()] for i in positives.tolist()],
+            dtype=torch.float32,
+        )
+        targets = same / same.sum(1, keepdim=True)
+        itc = 0.5 * (
+            torch.sum(-targets * F.log_softmax(sim, 1), 1).mean()
+            + torch.sum(-targets * F.log_softmax(sim.t(), 1), 1).mean()
+        )
+        total = total + config.itc_weight * itc
+        stats["itc"] = float(itc.detach())
+    return total, stats
+
+
+@torch.no_grad()
+def evaluate(blip, dense: DenseHead, tokenizer, config: EncoderConfig, seed: int) -> dict[str, Any]:
+    """ITM accuracy and balanced accuracy per style on held-out prompts, and per-cell accuracy."""
+    blip.eval()
+    specs = encoder_prompt_specs(held_out=True)
+    rng = np.random.default_rng(seed)
+    per_style: dict[str, list[tuple[int, int]]] = {s: [] for s in STYLES}
+    cell_accs = []
+    remaining = config.eval_examples
+    while remaining > 0:
+        size = min(256, remaining)
+        batch = draw_batch(specs, rng, config, size)
+        images, captions, match, labels, styles = batch
+        pixel_values = _pixel_values(images, config.image_size)
+        image_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
+        ids, mask = _tokenize(tokenizer, captions, "enc")
+        fused = blip.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds)
+        predicted = blip.itm_head(fused.last_hidden_state[:, 0, :]).argmax(-1)
+        for style, p, m in zip(styles, predicted.tolist(), match.tolist(), strict=True):
+            per_style[style].append((p, m))
+        cell_accs.append(float(dense.loss(image_embeds[:, 1:, :], labels)[1]) * size)
+        remaining -= size
+    blip.train()
+    report: dict[str, Any] = {"examples": config.eval_examples, "styles": {}}
+    every = [pm for rows in per_style.values() for pm in rows]
+    for style, rows in [*per_style.items(), ("all", every)]:
+        if not rows:
+            continue
+        pairs = np.array(rows)
+        positives, negatives = pairs[pairs[:, 1] == 1], pairs[pairs[:, 1] == 0]
+        tpr = float((positives[:, 0] == 1).mean()) if len(positives) else float("nan")
+        tnr = float((negatives[:, 0] == 0).mean()) if len(negatives) else float("nan")
+        entry = {
+            "n": len(pairs),
+            "match_share": round(float(pairs[:, 1].mean()), 3),
+            "itm_accuracy": round(float((pairs[:, 0] == pairs[:, 1]).mean()), 4),
+            "itm_balanced_accuracy": round((tpr + tnr) / 2, 4),
+        }
+        if style == "all":
+            report.update(entry)
+        else:
+            report["styles"][style] = entry
+    report["cell_accuracy"] = round(sum(cell_accs) / config.eval_examples, 4)
+    return report
+
+
+def _lr(step: int, config: EncoderConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / max(1, config.warmup_steps)
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def pretrain_encoder(
+    config: EncoderConfig,
+    out: str | Path,
+    log: Callable[[str], None] | None = print,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Train from scratch and save a local HuggingFace BLIP folder at ``out``; returns the training record."""
+    from training.ml.preprocess import BLIP_MEAN, BLIP_STD
+
+    out = Path(out)
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        torch.manual_seed(config.seed)
+        tokenizer = build_tokenizer(out)
+        blip = build_blip(config, len(tokenizer))
+        dense = DenseHead(config.hidden_size)
+        blip.train()
+        parameters = [p for p in blip.parameters()] + list(dense.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        specs = encoder_prompt_specs(held_out=False)
+        rng = np.random.default_rng(config.seed)
+        history: list[dict[str, float]] = []
+        start, cpu_start = time.perf_counter(), time.process_time()
+        every = max(1, config.steps // 20)
+        for step in range(config.steps):
+            for group in optimizer.param_groups:
+                group["lr"] = _lr(step, config)
+            batch = draw_batch(specs, rng, config, config.batch_size)
+            loss, stats = losses(blip, dense, tokenizer, batch, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+            optimizer.step()
+            history.append(stats)
+            if log is not None and (step + 1) % every == 0:
+                recent = {k: float(np.mean([h.get(k, np.nan) for h in history[-every:]])) for k in stats}
+                shown = " ".join(f"{k} {v:.3f}" for k, v in recent.items())
+                log(f"step {step + 1}/{config.steps} {shown} {time.perf_counter() - start:.0f}s")
+        train_seconds = time.perf_counter() - start
+        evaluation = evaluate(blip, dense, tokenizer, config, seed=config.seed + 10_000)
+        if log is not None:
+            log(f"held-out: {json.dumps(evaluation)}")
+        record = {
+            "command": command,
+            "config": asdict(config),
+            "wall_seconds": round(train_seconds, 1),
+            "cpu_seconds": round(time.process_time() - cpu_start, 1),
+            "examples_seen": config.steps * config.batch_size,
+            "parameters": sum(p.numel() for p in blip.parameters()),
+            "curve": [
+                {
+                    k: round(float(np.mean([h.get(k, np.nan) for h in history[i : i + every]])), 4)
+                    for k in history[i]
+                }
+                for i in range(0, len(history), every)
+            ],
+            "held_out": evaluation,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+        }
+        blip.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        # What BLIP's image processor would save; training.ml.preprocess reads the size, mean, std, resample.
+        processor = {
+            "image_processor_type": "BlipImageProcessor",
+            "do_resize": True,
+            "size": {"height": config.image_size, "width": config.image_size},
+            "resample": 3,
+            "do_rescale": True,
+            "rescale_factor": 1 / 255,
+            "do_normalize": True,
+            "image_mean": list(BLIP_MEAN),
+            "image_std": list(BLIP_STD),
+            "do_convert_rgb": True,
+        }
+        (out / "preprocessor_config.json").write_text(json.dumps(processor, indent=1) + "\n")
+        (out / "train_info.json").write_text(json.dumps(record, indent=1) + "\n")
+        return record
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
