@@ -320,21 +320,43 @@ def main() -> None:
         "--own-groups-per-category", type=int, default=0, help="groups of p_k's own samples the panel ranks"
     )
     parser.add_argument("--own-group-size", type=int, default=4)
+    parser.add_argument(
+        "--base-model", default=None, help="world base model folder (default: the committed one)"
+    )
+    parser.add_argument(
+        "--backbone", choices=("pretrained", "scratch"), default="pretrained", help="reward models' BLIP"
+    )
+    parser.add_argument(
+        "--encoder", default=None, help="pretrained world encoder folder (default: committed)"
+    )
+    parser.add_argument(
+        "--reward-lr", type=float, default=None, help="reward learning rate (default: recipe)"
+    )
+    parser.add_argument("--freeze", type=float, default=None, help="frozen share of a pretrained encoder")
+    parser.add_argument("--tie-margin", type=float, default=0.1, help="panel split counted as a tie")
     parser.add_argument("--gate", choices=("require", "measured", "off"), default="measured")
     parser.add_argument("--guard-rule", choices=("paired", "best_mean"), default="paired")
     parser.add_argument("--guard-seeds", type=int, default=3)
     parser.add_argument(
         "--oracle-best-of", type=int, default=4, help="ceiling: p_0 best-of-N chosen by the oracle (0: skip)"
     )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
     base = loop_round_config(args.seed)
     round_config = dataclasses.replace(
         base,
-        reward=dataclasses.replace(base.reward, hidden_size=args.reward_hidden, epochs=args.reward_epochs),
+        reward=dataclasses.replace(
+            base.reward,
+            backbone=args.backbone,
+            hidden_size=args.reward_hidden,
+            epochs=args.reward_epochs,
+            learning_rate=args.reward_lr or base.reward.learning_rate,
+            freeze_fraction=base.reward.freeze_fraction if args.freeze is None else args.freeze,
+        ),
         feedback=dataclasses.replace(
             base.feedback,
             steps=args.refl_steps,
@@ -366,7 +388,10 @@ def main() -> None:
         base_samples=args.base_samples,
         own_groups_per_category=args.own_groups_per_category,
         own_group_size=args.own_group_size,
+        tie_margin=args.tie_margin,
+        encoder_path=args.encoder,
         round=round_config,
+        **({"base_model_path": args.base_model} if args.base_model else {}),
     )
     if args.reuse:
         metrics = [

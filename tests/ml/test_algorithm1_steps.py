@@ -52,7 +52,7 @@ def tiny_round(**feedback) -> RoundConfig:
     )
     values.update(feedback)
     return RoundConfig(
-        reward=RewardStageConfig(hidden_size=32, layers=1, epochs=1),
+        reward=RewardStageConfig(backbone="scratch", hidden_size=32, layers=1, epochs=1),
         feedback=FeedbackStageConfig(**values),
     )
 
@@ -111,13 +111,17 @@ def test_refl_config_carries_the_round_settings_hand_checked():
 
 
 def test_reward_config_uses_a_named_blip_folder_or_the_rounds_small_backbone(tmp_path):
-    config = RoundConfig(reward=RewardStageConfig(epochs=3, hidden_size=64, layers=2, patch_size=4))
+    config = RoundConfig(
+        reward=RewardStageConfig(backbone="scratch", epochs=3, hidden_size=64, layers=2, patch_size=4)
+    )
     scratch = reward_train_config(config, "spatial", tmp_path, iteration=1)
     assert scratch.model.pretrained_path is None and scratch.model.freeze_fraction == 0.0
     assert (scratch.model.vision.hidden_size, scratch.model.vision.num_hidden_layers) == (64, 2)
     assert (scratch.model.vision.patch_size, scratch.epochs, scratch.seed) == (4, 3, 1)
     assert scratch.split_fractions == (0.9, 0.1, 0.0)
-    blip = reward_train_config(config, "spatial", tmp_path, iteration=0, pretrained_path="/models/blip")
+    # A diffusers round with a pretrained backbone uses the folder the worker names.
+    sdxl = dataclasses.replace(config, base_model="/models/sdxl", reward=RewardStageConfig())
+    blip = reward_train_config(sdxl, "spatial", tmp_path, iteration=0, pretrained_path="/models/blip")
     assert blip.model.pretrained_path == "/models/blip" and blip.model.freeze_fraction == 0.7
 
 
@@ -240,3 +244,50 @@ def test_routed_reward_scores_each_image_with_its_categorys_model_only():
     assert torch.allclose(images.grad, torch.full_like(images, 1 / 12))
     with pytest.raises(ValueError, match="no reward model"):
         fn(["unknown prompt"], images[:1])
+
+
+def test_reward_scores_are_renormalised_on_the_current_models_own_samples(tiny_reward, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from training.ml.algorithm1.steps import normalize_on_own_samples
+    from training.ml.reward.checkpoint import load_reward_model, read_reward_meta
+    from training.ml.reward.data import PairRecord
+
+    checkpoint = tmp_path / "spatial"
+    shutil.copytree(tiny_reward, checkpoint)
+    torch.manual_seed(0)
+    images = {i: torch.rand(3, 32, 32) * (0.2 + 0.2 * i) for i in range(6)}
+
+    def record(n: int, winner: int, loser: int) -> PairRecord:
+        return PairRecord(
+            pair_id=n,
+            prompt_id=0,
+            prompt=PROMPTS[0],
+            category="spatial",
+            subcategory=None,
+            split=None,
+            winner_id=winner,
+            winner_sha256="0" * 64,
+            winner_path=str(winner),
+            loser_id=loser,
+            loser_sha256="0" * 64,
+            loser_path=str(loser),
+            label=1.0,
+        )
+
+    records = [record(0, 0, 1), record(1, 2, 3), record(2, 4, 5), record(3, 0, 5)]
+    own = {2, 3, 4, 5}  # images 0 and 1 are the gallery's
+    before = read_reward_meta(checkpoint)["metadata"]
+    result = normalize_on_own_samples(checkpoint, records, own, lambda path, sha: images[int(path)])
+    assert result == {"normalization_source": "own samples", "normalization_images": 4}
+    model = load_reward_model(checkpoint)
+    scores = model.score([PROMPTS[0]] * 4, torch.stack([images[i] for i in sorted(own)])).tolist()
+    assert abs(np.mean(scores)) < 1e-4 and abs(np.std(scores, ddof=1) - 1) < 1e-4
+    after = read_reward_meta(checkpoint)["metadata"]
+    assert after["metrics"] == before["metrics"] and after["dataset"] == before["dataset"]
+    # Without own samples the training normalisation stays.
+    assert normalize_on_own_samples(checkpoint, records, set(), None) == {
+        "normalization_source": "training images"
+    }

@@ -18,7 +18,7 @@ def tiny_round(**feedback) -> RoundConfig:
     base = loop_round_config()
     return dataclasses.replace(
         base,
-        reward=dataclasses.replace(base.reward, hidden_size=32, layers=1, epochs=1),
+        reward=dataclasses.replace(base.reward, backbone="scratch", hidden_size=32, layers=1, epochs=1),
         feedback=dataclasses.replace(
             base.feedback,
             **{

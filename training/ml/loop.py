@@ -141,6 +141,9 @@ class LoopConfig:
     # held-out share of those prompts (round.reward.gate_share), the gate's accuracy on p_k's own samples.
     own_groups_per_category: int = 0
     own_group_size: int = 4
+    # The reward models' pretrained encoder when round.reward.backbone is "pretrained"; None: the
+    # committed world encoder.
+    encoder_path: str | None = None
     round: RoundConfig = dataclasses.field(default_factory=loop_round_config)
 
     def __post_init__(self) -> None:
@@ -393,6 +396,7 @@ def run_iteration(
     output_dir: Path,
     progress: LoopProgress | None = None,
     own_images: set[int] | None = None,
+    encoder_path: str | None = None,
 ) -> IterationResult:
     """Reward models R_k on D_k, then p_k → p_{k+1} by ReFL: the stages the app runs as two Celery tasks.
 
@@ -407,6 +411,7 @@ def run_iteration(
             image_loader,
             output_dir / "reward" / category,
             iteration,
+            pretrained_path=encoder_path,
             progress=_stage(progress, f"iter{iteration}/reward/{category}"),
             own_images=own_images,
         )
@@ -548,6 +553,7 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
             output_dir=it_dir,
             progress=progress,
             own_images=own,
+            encoder_path=config.encoder_path,
         )
         t["train"] = time.perf_counter()
         if result.finetuned is not None:

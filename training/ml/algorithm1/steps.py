@@ -47,7 +47,7 @@ from training.ml.refl.stage import (
     load_reward_fns,
 )
 from training.ml.refl.trainer import PretrainData, RewardFn, RewardSpec
-from training.ml.reward.checkpoint import load_reward_model
+from training.ml.reward.checkpoint import load_reward_model, read_reward_meta, save_reward_model
 from training.ml.reward.config import RewardModelConfig, RewardTrainConfig, TextSpec, VisionSpec
 from training.ml.reward.data import ImageLoader, PairRecord
 from training.ml.reward.model import RewardModel
@@ -283,8 +283,44 @@ def train_reward(
         RewardData(records=train, image_loader=image_loader),
         progress,
     )
+    normalization = normalize_on_own_samples(info.path, mine, own_images or set(), image_loader)
     accuracy = own_sample_accuracy(info.path, gate, image_loader, seed=config.seed + iteration)
-    return dataclasses.replace(info, metrics={**info.metrics, **accuracy.as_metrics()})
+    return dataclasses.replace(info, metrics={**info.metrics, **accuracy.as_metrics(), **normalization})
+
+
+@torch.no_grad()
+def normalize_on_own_samples(
+    checkpoint: str | Path, records: Sequence[PairRecord], own_images: set[int], image_loader: ImageLoader
+) -> dict[str, Any]:
+    """Re-centre a reward checkpoint's scores on the current model's own samples (mean 0, std 1 there).
+
+    ReFL and best-of-N see only the current model's images; a normalisation fitted on the gallery leaves
+    them at an arbitrary offset and scale, which changes the reward's weight against the pretraining loss
+    and between categories. A monotone map: pair accuracies are unchanged. No own samples: kept as trained.
+    """
+    found: dict[int, tuple[str, str, str]] = {}
+    for r in records:
+        for image_id, path, sha in (
+            (r.winner_id, r.winner_path, r.winner_sha256),
+            (r.loser_id, r.loser_path, r.loser_sha256),
+        ):
+            if image_id in own_images:
+                found[image_id] = (r.prompt, path, sha)
+    if len(found) < 2:
+        return {"normalization_source": "training images"}
+    model = load_reward_model(checkpoint).eval()
+    raw = []
+    for prompt, path, sha in found.values():
+        image = model.resize_for_model(image_loader(path, sha).unsqueeze(0).float())
+        raw.append(float(model.raw_score([prompt], image)[0]))
+    std = float(np.std(raw, ddof=1))
+    if not std > 0:
+        return {"normalization_source": "training images"}
+    model.set_normalization(float(np.mean(raw)), std)
+    meta = read_reward_meta(checkpoint)["metadata"]
+    keep = {"train_config": meta["train_config"]} if "train_config" in meta else None
+    save_reward_model(model, checkpoint, metrics=meta.get("metrics"), dataset=meta.get("dataset"), extra=keep)
+    return {"normalization_source": "own samples", "normalization_images": len(found)}
 
 
 @torch.no_grad()
