@@ -340,6 +340,13 @@ def main() -> None:
     parser.add_argument(
         "--oracle-best-of", type=int, default=4, help="ceiling: p_0 best-of-N chosen by the oracle (0: skip)"
     )
+    parser.add_argument(
+        "--control-dir",
+        type=Path,
+        default=None,
+        help="a loop run with --reward-scale 0 (same settings otherwise): its p_K is the pretraining-loss-only "
+        "control baseline",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -465,6 +472,16 @@ def main() -> None:
             batch_size=16,
         )
         record(f"p{k} best-of-{args.best_of}", chosen.images)
+    if args.control_dir is not None:
+        # Same steps, images and schedule with the rewards switched off: what the pretraining loss alone does.
+        control = [
+            json.loads((args.control_dir / f"iter_{k}" / "metrics.json").read_text())["refl"]["checkpoint"]
+            for k in range(args.iterations)
+        ]
+        control_images = generate(
+            world_policy(config, [c for c in control if c]), items, args.steps, args.guidance
+        )
+        record(f"pretraining-loss-only control p{args.iterations}", control_images)
     if not args.skip_baselines and args.oracle_best_of > 0:
         # The ceiling of reranking: the same p_0, candidates chosen by the oracle itself.
         # The first candidate is p_0's evaluation image itself, so the ceiling is never below p_0.

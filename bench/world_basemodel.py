@@ -79,6 +79,8 @@ def main() -> None:
         cats = "  ".join(f"{k} {v:.3f}" for k, v in scores.by_category.items())
         print(f"guidance {guidance:g}: {scores.n_images} images | {subs}")
         print(f"guidance {guidance:g}: per category | {cats} | mean of categories {scores.overall:.3f}")
+        facts = "  ".join(f"{k} {v:.3f}" for k, v in (scores.facts or {}).items())
+        print(f"guidance {guidance:g}: oracle facts (share of images) | {facts}")
         save_sheet(scores.images, OUT / f"world_basemodel_g{guidance:g}.png")
     print(f"contact sheets in {OUT}")
 

@@ -117,3 +117,37 @@ def test_rounds_stored_before_the_backbone_setting_read_back_as_from_scratch():
     del stored["reward"]["backbone"]
     assert RoundConfig.from_dict(stored).reward.backbone == "scratch"
     assert RoundConfig.from_dict(RoundConfig().to_dict()).reward.backbone == "pretrained"
+
+
+class _CorrectRenderer:
+    """A 'model' whose samples are the world's correct renders: every fact holds, nothing extra is drawn."""
+
+    def eval(self):
+        return self
+
+    def sample(self, prompts, seeds, steps, guidance):
+        from training.ml.world.layout import render_prompt
+
+        arrays = [
+            np.asarray(render_prompt(p, s), dtype=np.float32) / 255
+            for p, s in zip(prompts, seeds, strict=True)
+        ]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+def test_model_evaluation_reports_the_share_of_images_with_each_fact_right():
+    from training.ml.world.evaluate import evaluate_model
+
+    prompts = {
+        "color": ["a red circle and a blue square"],
+        "spatial": ["a circle to the left of a square"],
+    }
+    scores = evaluate_model(_CorrectRenderer(), prompts, seeds_per_prompt=2, steps=1, guidance=1.0)
+    assert scores.n_images == 4
+    assert scores.facts == {
+        "object_present": 1.0,
+        "attribute_right": 1.0,
+        "relation_right": 1.0,
+        "extras": 0.0,
+    }
+    assert scores.by_subcategory == {"color": 1.0, "spatial": 1.0}

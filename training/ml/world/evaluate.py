@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .model import WorldDiffusionModel
-from .oracle import oracle_score
+from .oracle import oracle_report
 from .vocab import REWARD_CATEGORIES, REWARD_CATEGORY
 
 
@@ -18,6 +18,9 @@ class ModelScores:
     by_category: dict[str, float]
     n_images: int
     images: dict[str, torch.Tensor]  # first batch per subcategory, for contact sheets
+    # Shares over all images: every named object present / every stated attribute right (of the images
+    # whose prompt states one) / relation right (relation prompts) / at least one object not asked for.
+    facts: dict[str, float] | None = None
 
     @property
     def overall(self) -> float:
@@ -38,6 +41,7 @@ def evaluate_model(
     per_category: dict[str, list[float]] = {cat: [] for cat in REWARD_CATEGORIES}
     first_images: dict[str, torch.Tensor] = {}
     total = 0
+    counts = {"object_present": [], "attribute_right": [], "relation_right": [], "extras": []}
     model.eval()
     for subcategory, texts in prompts.items():
         # Distinct starting noise for every (prompt, k): a shared seed would give every prompt the same layout.
@@ -54,9 +58,20 @@ def evaluate_model(
             )
             if subcategory not in first_images:
                 first_images[subcategory] = images
-            scores += [oracle_score(t, img) for (t, _), img in zip(chunk, images, strict=True)]
+            for (text, _), image in zip(chunk, images, strict=True):
+                report = oracle_report(text, image)
+                facts = report["facts"]
+                scores.append(float(report["score"]))
+                counts["object_present"].append(all(v for k, v in facts.items() if k.startswith("present:")))
+                attributes = [v for k, v in facts.items() if k.split(":")[0] in ("color", "texture", "size")]
+                if attributes:
+                    counts["attribute_right"].append(all(attributes))
+                if "relation" in facts:
+                    counts["relation_right"].append(facts["relation"])
+                counts["extras"].append(report["n_extra"] > 0)
         by_subcategory[subcategory] = float(np.mean(scores))
         per_category[REWARD_CATEGORY[subcategory]] += scores
         total += len(scores)
     by_category = {cat: float(np.mean(v)) for cat, v in per_category.items() if v}
-    return ModelScores(by_subcategory, by_category, total, first_images)
+    shares = {k: float(np.mean(v)) for k, v in counts.items() if v}
+    return ModelScores(by_subcategory, by_category, total, first_images, shares)
