@@ -60,7 +60,13 @@ class RankingTask(models.Model):
             ),
             models.CheckConstraint(condition=Q(status__in=TaskStatus.values), name="task_status_valid"),
         ]
-        indexes = [models.Index(fields=["status", "is_gold"])]
+        indexes = [
+            models.Index(fields=["status", "is_gold"]),
+            # The claimer's walk: open tasks of one pool in id order. Without it PostgreSQL steps over
+            # every complete task in front of the first open one (O(gallery); BENCHMARKS.md, "Claim path
+            # at scale").
+            models.Index(fields=["is_gold", "id"], condition=Q(status="open"), name="task_open_queue"),
+        ]
 
     def __str__(self) -> str:
         return f"Task {self.pk}: {self.prompt}"

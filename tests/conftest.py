@@ -25,8 +25,9 @@ def _database_url_for(name: str) -> str:
 class WorkerProcess:
     """A real Celery worker in its own process group (so a test can kill -9 it with its pool children)."""
 
-    def __init__(self, env: dict[str, str], queues: str, log_path: Path) -> None:
-        self.env, self.queues, self.log_path = env, queues, log_path
+    def __init__(self, env: dict[str, str], queues: str, log_path: Path, cwd: Path = ROOT) -> None:
+        # cwd: a worker "on another machine" runs from a folder of its own (the code comes via PYTHONPATH).
+        self.env, self.queues, self.log_path, self.cwd = env, queues, log_path, cwd
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -57,7 +58,7 @@ class WorkerProcess:
                 "--loglevel",
                 "INFO",
             ],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

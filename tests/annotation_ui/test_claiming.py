@@ -217,3 +217,38 @@ def test_a_skip_cannot_be_undone_after_the_window_or_by_someone_else(
     with pytest.raises(ClaimClosed):
         skip_undo(flag_id=flag.pk, annotator=ann)
     assert TaskClaim.objects.get(pk=mine.pk).status == ClaimStatus.RELEASED
+
+
+def test_the_claimers_walk_and_the_queue_count_select_the_same_tasks(
+    make_user, task_factory, spatial, settings
+):
+    # claimable_tasks(first_only=True) writes "never claimed or ranked by me" as per-row counts (a plan that
+    # stays flat at a million images); the queue pages count the NOT EXISTS form. Both must mean the same.
+    settings.GOLD_TASK_RATE = 0.1
+    me, other = make_user("annotator"), make_user("annotator")
+    untouched = task_factory()
+    claimed_by_me = task_factory()
+    ranked_without_claim = task_factory()  # e.g. an imported ranking: a ranking row, no claim row
+    skipped_by_me = task_factory()
+    full = task_factory(required=1)
+    lapsed_elsewhere = task_factory(required=1)
+    gold = task_factory(gold=True)
+    now = timezone.now()
+    TaskClaim.objects.create(task=claimed_by_me, annotator=me, expires_at=now + timedelta(minutes=5))
+    Ranking.objects.create(task=ranked_without_claim, annotator=me, ordering=[[1]], shown_order=[1])
+    TaskClaim.objects.create(
+        task=skipped_by_me, annotator=me, status=ClaimStatus.RELEASED, expires_at=now - timedelta(days=1)
+    )
+    TaskClaim.objects.create(task=full, annotator=other, expires_at=now + timedelta(minutes=5))
+    TaskClaim.objects.create(task=lapsed_elsewhere, annotator=other, expires_at=now - timedelta(seconds=1))
+
+    from annotation.services.claims import claimable_tasks
+
+    for is_gold in (None, False, True):
+        walk = claimable_tasks(
+            annotator=me, now=now, category_id=spatial.pk, is_gold=is_gold, first_only=True
+        )
+        count = claimable_tasks(annotator=me, now=now, category_id=spatial.pk, is_gold=is_gold)
+        assert list(walk.values_list("pk", flat=True)) == list(count.values_list("pk", flat=True))
+    everything = claimable_tasks(annotator=me, now=now, first_only=True)
+    assert list(everything.values_list("pk", flat=True)) == [untouched.pk, lapsed_elsewhere.pk, gold.pk]

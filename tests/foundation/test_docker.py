@@ -18,8 +18,11 @@ def test_compose_defines_every_service_of_a_deployment():
         "web",
         "worker",
         "gpu-worker",
+        "gpu-worker-2",
         "beat",
         "migrate",
+        "minio",
+        "minio-bucket",
     }
 
 
@@ -53,3 +56,50 @@ def test_redis_keeps_nothing_on_disk_and_app_services_share_one_environment():
 def test_dockerfile_installs_the_pinned_requirements():
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert "pip install" in dockerfile and "requirements.txt" in dockerfile
+
+
+# `docker compose config` is not run here: this machine's docker has no compose plugin. These tests check
+# the structure that command would resolve (services, queues, volumes, environment).
+
+
+def _starts_after(services: dict, name: str) -> set[str]:
+    """Every service `name` waits for, directly or through the services it waits for."""
+    seen: set[str] = set()
+    todo = list(services[name].get("depends_on", {}))
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo.extend(services[dep].get("depends_on", {}))
+    return seen
+
+
+def test_files_go_to_the_bundled_object_storage_whose_bucket_exists_before_the_app_starts():
+    services = _compose()["services"]
+    assert services["minio"]["image"].startswith("minio/minio:")
+    assert "objects:/data" in services["minio"]["volumes"]
+    assert "mc mb --ignore-existing" in services["minio-bucket"]["command"][0]
+    for name in ("migrate", "web", "worker", "gpu-worker", "gpu-worker-2", "beat"):
+        env = services[name]["environment"]
+        assert env["STORAGE_BACKEND"] == "${STORAGE_BACKEND:-s3}"
+        assert env["S3_ENDPOINT_URL"] == "${S3_ENDPOINT_URL:-http://minio:9000}"
+        assert "minio-bucket" in _starts_after(services, name)
+    # The app's credentials are the storage's own root credentials.
+    minio_env = services["minio"]["environment"]
+    assert minio_env["MINIO_ROOT_USER"] == services["web"]["environment"]["S3_ACCESS_KEY_ID"]
+
+
+def test_two_gpu_workers_share_the_gpu_queue_but_no_volume_and_no_device():
+    services = _compose()["services"]
+    first, second = services["gpu-worker"], services["gpu-worker-2"]
+    for worker in (first, second):
+        command = worker["command"]
+        assert command[command.index("-Q") + 1] == "gpu"
+        assert command[command.index("--concurrency") + 1] == "1"
+        assert not any(volume.startswith("media:") for volume in worker["volumes"])
+    names = [w["command"][w["command"].index("-n") + 1] for w in (first, second)]
+    assert len(set(names)) == 2
+    assert set(first["volumes"]).isdisjoint(second["volumes"])
+    devices = [w["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for w in (first, second)]
+    assert devices == [["0"], ["1"]]
+    assert set(_compose()["volumes"]) >= {"objects", "cache", "cache2"}
