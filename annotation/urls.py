@@ -19,6 +19,7 @@ urlpatterns = [
     path("quality/gold/new/", views.gold_new, name="gold-new"),
     path("people/", views.people, name="people"),
     path("people/prompts/import/", views_admin.prompts_import, name="prompts-import"),
+    path("people/gallery/import/", views_admin.gallery_upload, name="gallery-upload"),
     path("people/tasks/new/", views_admin.tasks_create, name="tasks-create"),
     path("people/<int:user_id>/password/", views.people_password, name="people-password"),
 ]
