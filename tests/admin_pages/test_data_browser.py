@@ -42,7 +42,9 @@ def _task_ids(html: str) -> list[int]:
 
 
 def test_tasks_are_paginated_25_a_page(admin_client, data):
-    first = admin_client.get("/people/data/tasks/").content.decode()
+    response = admin_client.get("/people/data/tasks/")
+    assert response.status_code == 200
+    first = response.content.decode()
     assert len(_task_ids(first)) == 25 and "31 rows" in first and "page 1 of 2" in first
     second = admin_client.get("/people/data/tasks/", {"page": 2}).content.decode()
     assert len(_task_ids(second)) == 6
@@ -75,6 +77,7 @@ def test_an_annotators_history_holds_only_their_rankings(admin_client, data):
 
 
 def test_annotators_list_counts_rankings_and_filters_by_role(admin_client, data):
+    assert admin_client.get("/people/data/annotators/").status_code == 200
     page = admin_client.get("/people/data/annotators/", {"role": "annotator"}).content.decode()
     assert 'data-annotator="alice"' in page and 'data-annotator="bob"' in page
     row = re.search(r'data-annotator="bob".*?</tr>', page, re.S).group(0)
