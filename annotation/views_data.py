@@ -27,7 +27,9 @@ def _page(
     template = "annotation/data_browser.html"
     if request.headers.get("HX-Request") and not request.headers.get("HX-Boosted"):
         template += "#results"
-    return render(request, template, context, status=400 if filterset.is_bound and not filterset.is_valid() else 200)
+    return render(
+        request, template, context, status=400 if filterset.is_bound and not filterset.is_valid() else 200
+    )
 
 
 @require_GET
@@ -92,4 +94,6 @@ def data_annotator(request: HttpRequest, user_id: int) -> HttpResponse:
     template = "annotation/data_browser.html"
     if request.headers.get("HX-Request") and not request.headers.get("HX-Boosted"):
         template += "#results"
-    return render(request, template, context, status=400 if filterset.is_bound and not filterset.is_valid() else 200)
+    return render(
+        request, template, context, status=400 if filterset.is_bound and not filterset.is_valid() else 200
+    )

@@ -107,3 +107,19 @@ def test_researchers_map_but_cannot_register_and_annotators_do_neither(client, m
     assert _mapping_post(client, {"world-a": "flux"}).status_code == 403
     assert not Generator.objects.filter(slug="sneaky").exists()
     assert not Generator.objects.exclude(itercomp_name="").exists()
+
+
+def test_the_gallery_export_of_an_annotators_rankings_uses_the_mapping_too(tmp_path, make_user):
+    from annotation.gallery_exports import export_itercomp
+    from gallery.services.generators import generators_map_itercomp
+
+    expert = make_user("annotator")
+    task, ids = f.task(f.prompt("a cup above a plate", "spatial"), generators=WORLD)
+    f.rank(task, expert, [[i] for i in ids])
+    assert export_itercomp(out_path=tmp_path / "before.json", annotator=expert) == (0, 1)
+    generators_map_itercomp(
+        mapping={Generator.objects.get(slug=s).pk: n for s, n in zip(WORLD, SIX, strict=True)}
+    )
+    assert export_itercomp(out_path=tmp_path / "after.json", annotator=expert) == (1, 0)
+    record = json.loads((tmp_path / "after.json").read_text())[0]
+    assert record["rank"] == [4, 3, 2, 1, 5, 6] and record["image_flux"].startswith("images/flux")
