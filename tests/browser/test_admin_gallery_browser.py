@@ -109,10 +109,17 @@ def test_an_admin_imports_prompts_and_a_gallery_in_the_browser_and_ranks_it(
     page.goto("/rank/attribute_binding/")
     _wait_for_title(page, PROMPT)
     expect(page.locator(".cand img")).to_have_count(6)
+    # The title is server-rendered; keys pressed before ranking.js has wired the form would go nowhere.
+    page.wait_for_function(
+        "() => { const f = document.querySelector('form.ranker'); return !!(f && f._ranker); }"
+    )
     for key in "123456":
         page.keyboard.press(key)
+    expect(page.locator(".slot.filled")).to_have_count(6)
     page.keyboard.press("Enter")
-    expect(page.locator("#task-title")).to_have_text("Nothing to rank here right now")
+    # Submitting is server work (ranking, consensus queued, the next task looked up): allow for a starved
+    # machine, as the other ranking tests do.
+    expect(page.locator("#task-title")).to_have_text("Nothing to rank here right now", timeout=30_000)
     ranking = Ranking.objects.get(annotator=admin)
     assert ranking.task.prompt == Prompt.objects.get(text=PROMPT) and len(ranking.ordering) == 6
 
