@@ -88,3 +88,30 @@ def test_annotators_and_researchers_cannot_upload_a_gallery(client, make_user):
         response = client.post(URL, {"files": [_zip("g.zip", data)], "format": "manifest"})
         assert response.status_code == 403
     assert not Prompt.objects.filter(text="a red cup").exists()
+
+
+def test_a_zip_holding_a_link_is_refused(admin_client):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("manifest.csv", "prompt,category,generator,image\na dog,color,sdxl,img.png\n")
+        link = zipfile.ZipInfo("img.png")
+        link.external_attr = 0o120777 << 16  # a symlink whose target is the member's content
+        archive.writestr(link, "/etc/passwd")
+    response = admin_client.post(URL, {"files": [_zip("link.zip", buffer.getvalue())], "format": "manifest"})
+    assert response.status_code == 400 and "links are refused" in response.content.decode()
+    assert not Prompt.objects.filter(text="a dog").exists()
+
+
+def test_a_zip_that_unpacks_past_the_limit_is_refused_before_the_import(admin_client, monkeypatch):
+    from annotation.services import gallery_uploads
+
+    monkeypatch.setattr(gallery_uploads, "MAX_UNPACKED_BYTES", 10_000)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("manifest.csv", "prompt,category,generator,image\na bomb,color,sdxl,zeros.png\n")
+        archive.writestr("zeros.png", b"\0" * 50_000)  # compresses to a few hundred bytes
+    data = buffer.getvalue()
+    assert len(data) < 10_000
+    response = admin_client.post(URL, {"files": [_zip("bomb.zip", data)], "format": "manifest"})
+    assert response.status_code == 400 and "import it with the CLI" in response.content.decode()
+    assert not Prompt.objects.filter(text="a bomb").exists()
