@@ -41,6 +41,11 @@ def _source_id(images: Iterable[Image], fallback: object) -> object:
     return fallback
 
 
+def _itercomp_key(image: Image) -> str:
+    """The IterComp name a researcher mapped the image's generator to, else its slug (the import's names)."""
+    return image.generator.itercomp_name or image.generator.slug
+
+
 def _itercomp_gallery(by_generator: dict[str, Image]) -> tuple[str, ...] | None:
     """The six models, then an iterative record's extra models where the imported record had them (else
     by name); None when one of the six is missing."""
@@ -60,7 +65,7 @@ def export_itercomp(*, out_path: Path, annotator: AbstractUser) -> tuple[int, in
     records, skipped = [], 0
     for ranking in _rankings_of(annotator):
         images = {ti.image.pk: ti.image for ti in ranking.task.task_images.all()}
-        by_generator = {image.generator.slug: image for image in images.values()}
+        by_generator = {_itercomp_key(image): image for image in images.values()}
         ordering = validate_ordering(ranking.ordering)
         gallery = _itercomp_gallery(by_generator)
         if gallery is None or len(images) != len(by_generator):
@@ -80,7 +85,7 @@ def export_itercomp(*, out_path: Path, annotator: AbstractUser) -> tuple[int, in
                 slug: image_copy_out(image, out_path.parent, f"images/{slug}")
                 for slug, image in by_generator.items()
             },
-            ordering=[[images[group[0]].generator.slug] for group in ordering],
+            ordering=[[_itercomp_key(images[group[0]])] for group in ordering],
             gallery=gallery,
             initial_ordering=None
             if initial is None

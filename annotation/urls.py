@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from annotation import views, views_admin
+from annotation import views, views_admin, views_data, views_generators
 
 # Annotation pages: the ranking experience for annotators, and the admins' review, quality and accounts.
 urlpatterns = [
@@ -19,7 +19,13 @@ urlpatterns = [
     path("quality/gold/new/", views.gold_new, name="gold-new"),
     path("people/", views.people, name="people"),
     path("people/prompts/import/", views_admin.prompts_import, name="prompts-import"),
+    path("people/gallery/import/", views_admin.gallery_upload, name="gallery-upload"),
+    path("people/generators/new/", views_generators.generator_new, name="generator-new"),
     path("people/tasks/new/", views_admin.tasks_create, name="tasks-create"),
+    path("people/data/tasks/", views_data.data_tasks, name="data-tasks"),
+    path("people/data/rankings/", views_data.data_rankings, name="data-rankings"),
+    path("people/data/annotators/", views_data.data_annotators, name="data-annotators"),
+    path("people/data/annotators/<int:user_id>/", views_data.data_annotator, name="data-annotator"),
     path("people/<int:user_id>/password/", views.people_password, name="people-password"),
 ]
 
@@ -45,6 +51,7 @@ research_urlpatterns = [
         research.research_snapshot_download,
         name="research-snapshot-download",
     ),
+    path("research/generators/", views_generators.generators, name="generators"),
     path("research/token/", research.research_token, name="research-token"),
     path("research/gold/", research.research_gold, name="research-gold"),
     path("research/gold/weights/", research.research_derive_weights, name="research-derive-weights"),

@@ -1,5 +1,5 @@
-"""Admin pages for work that was CLI-only: importing T2I-CompBench prompt files and creating ranking tasks
-(with the number of rankings K each needs) from the browser.
+"""Admin pages for work that was CLI-only: importing T2I-CompBench prompt files and galleries, and creating
+ranking tasks (with the number of rankings K each needs) from the browser.
 
 Thin: the file's category comes from its name (as ``manage import_prompts`` does) or the admin's choice, and
 the gallery's own import service does the writing; the page reports each file line by line.
@@ -13,13 +13,16 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
+from annotation.services.gallery_uploads import UploadRefused, gallery_upload_import
 from annotation.services.tasks import ranking_tasks_create_for_complete_galleries
 from annotation.views import admin_page
 from gallery.models import Category
 from gallery.promptfiles import FILE_STEMS, UnknownCategory, category_from_file_name, resolve_category
 from gallery.selectors import GALLERY_SIZE
+from gallery.services.imports import GalleryImportError
 from gallery.services.prompts import PromptFileRefused, PromptImportResult, prompts_import_texts
 from gallery.services.prompts import category_get as gallery_category_get
+from gallery.sources import FORMATS
 from gallery.splits import SPLITS
 
 MAX_PROMPT_FILE_BYTES = 5 * 1024 * 1024
@@ -117,3 +120,36 @@ def tasks_create(request: HttpRequest) -> HttpResponse:
             )
             context["k"] = k
     return render(request, "annotation/tasks_create.html", context, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@admin_page
+def gallery_upload(request: HttpRequest) -> HttpResponse:
+    """Upload a gallery (zip or manifest with its images) and read the per-line report.
+
+    Synchronous on purpose: the import of a few thousand rows takes seconds (the browser shows the upload's
+    progress meanwhile); an upload over the size limits is refused with a pointer to the CLI.
+    """
+    context: dict[str, object] = {"formats": FORMATS, "values": request.POST, "stems": sorted(FILE_STEMS)}
+    status = 200
+    if request.method == "POST":
+        iteration = _bounded_int(request.POST.get("iteration"), default=0, low=0, high=1000)
+        try:
+            if iteration is None:
+                raise UploadRefused("iteration must be 0–1000")
+            context["result"] = gallery_upload_import(
+                uploads=request.FILES.getlist("files"),
+                format=request.POST.get("format", ""),
+                category=request.POST.get("category", "").strip() or None,
+                generator=request.POST.get("generator", "").strip() or None,
+                annotator=request.POST.get("annotator", "").strip() or None,
+                source=request.POST.get("source", "").strip() or None,
+                iteration=iteration,
+            )
+        except (UploadRefused, GalleryImportError) as exc:
+            context["error"] = str(exc)
+            status = 400
+    template = "annotation/gallery_upload.html"
+    if request.headers.get("HX-Request"):
+        template += "#report"
+    return render(request, template, context, status=status)

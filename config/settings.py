@@ -41,6 +41,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_htmx",
+    "django_filters",
+    "django_tables2",
     "template_partials",
     "rest_framework",
     "rest_framework.authtoken",

@@ -86,6 +86,17 @@ class Prompt(models.Model):
         return self.text
 
 
+# IterComp's six gallery keys and how the paper names them.
+ITERCOMP_NAME_CHOICES = [
+    ("flux", "FLUX"),
+    ("sd3", "SD3"),
+    ("sdxl", "SDXL"),
+    ("sd15", "SD1.5"),
+    ("rpg", "RPG"),
+    ("instancediffusion", "InstanceDiffusion"),
+]
+
+
 class GeneratorKind(models.TextChoices):
     GALLERY = "gallery", "gallery model"
     BASE = "base", "base model at iteration k"
@@ -103,11 +114,19 @@ class Generator(models.Model):
     base_iteration = models.PositiveIntegerField(null=True, blank=True)
     default_params = models.JSONField(default=dict, blank=True)
     description = models.TextField(blank=True)
+    # Which of IterComp's six gallery models this generator stands for in the IterComp export format (whose
+    # records key images by those six names); empty: its slug decides, as before.
+    itercomp_name = models.CharField(max_length=20, blank=True, choices=ITERCOMP_NAME_CHOICES, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["joined_iteration", "name"]
         constraints = [
+            models.UniqueConstraint(
+                fields=["itercomp_name"],
+                condition=~Q(itercomp_name=""),
+                name="generator_itercomp_name_unique",
+            ),
             models.CheckConstraint(
                 condition=Q(kind=GeneratorKind.GALLERY) | Q(base_iteration__isnull=False),
                 name="generator_base_has_iteration",

@@ -9,7 +9,7 @@ from django.db.models import Count, Q
 from django.urls import reverse
 
 from gallery.imaging import display_size
-from gallery.models import Category, GeneratorKind, Image, Prompt
+from gallery.models import Category, Generator, GeneratorKind, Image, Prompt
 
 # IterComp's gallery: six models. A prompt's gallery is complete with one image from each of that many.
 GALLERY_SIZE = 6
@@ -97,3 +97,8 @@ def image_display(image: Image, *, alt: str | None = None) -> ImageDisplay:
 
 # Images shown smaller than this (px, longest side) are enlarged by the page with pixelated rendering.
 DISPLAY_BOX = 256
+
+
+def itercomp_name_mapping() -> dict[str, str]:
+    """Generator slug -> the IterComp gallery model it was mapped to (only generators that have one)."""
+    return dict(Generator.objects.exclude(itercomp_name="").values_list("slug", "itercomp_name"))

@@ -226,3 +226,14 @@ def win_share_rows(training_round: TrainingRound) -> list[dict[str, object]]:
             }
         )
     return rows
+
+
+def round_ranking_steps(training_round: TrainingRound) -> list[dict[str, object]]:
+    """Who ranked each iteration's new samples, for the lineage: the experts, or the reward model's
+    placement when an admin continued without them (with who, when and what was still missing)."""
+    steps = []
+    for key, outputs in sorted(training_round.outputs.items(), key=lambda item: int(item[0])):
+        ranking = outputs.get("ranking") if isinstance(outputs, dict) else None
+        if ranking:
+            steps.append({"iteration": int(key), **ranking})
+    return steps

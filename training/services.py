@@ -221,6 +221,11 @@ def round_finish_ranking(*, round_id: int) -> TrainingRound:
     training_round = TrainingRound.objects.select_for_update().get(pk=round_id)
     if training_round.status != RoundStatus.AWAITING_RANKING:
         raise RoundError(f"round {round_id} is {training_round.status}, not awaiting ranking")
+    key = str(training_round.current_iteration)
+    if "ranking" not in training_round.outputs.get(key, {}):
+        # The lineage says who ranked this iteration's new samples: the experts, unless an admin continued
+        # with the reward model's placement (round_continue_without_experts records that first).
+        _merge_outputs(training_round, key, ranking={"by": RANKED_BY_EXPERTS})
     if training_round.current_iteration + 1 < training_round.iterations:
         training_round.current_iteration += 1
         training_round.status = RoundStatus.TRAINING_REWARDS
@@ -233,6 +238,53 @@ def round_finish_ranking(*, round_id: int) -> TrainingRound:
         training_round.save(update_fields=["status", "finished_at"])
         _event(training_round, "round done")
     return training_round
+
+
+RANKED_BY_EXPERTS = "experts"
+RANKED_BY_REWARD_MODEL = "reward_model"
+
+
+def _merge_outputs(training_round: TrainingRound, key: str, **outputs: object) -> None:
+    merged = dict(training_round.outputs)
+    merged[key] = {**merged.get(key, {}), **outputs}
+    training_round.outputs = merged
+    training_round.save(update_fields=["outputs"])
+
+
+@transaction.atomic
+def round_continue_without_experts(*, round_id: int, admin) -> TrainingRound:
+    """Experts are not available: go on with the reward model's placement of the new samples (the model
+    pairs the insertion stage stored) instead of waiting for the pushed tasks' rankings.
+
+    Recorded in the round's outputs and log, so the lineage shows that this iteration's new samples were
+    placed by the reward model and who decided it. The pushed tasks stay open: rankings that arrive later
+    still count in later iterations.
+    """
+    from training.selectors import round_awaiting
+
+    training_round = TrainingRound.objects.select_for_update().get(pk=round_id)
+    if training_round.status != RoundStatus.AWAITING_RANKING:
+        raise RoundError(f"round {round_id} is {training_round.get_status_display()}, not awaiting ranking")
+    awaiting = round_awaiting(training_round) or {"tasks": 0, "rankings": 0, "pushed": 0}
+    _merge_outputs(
+        training_round,
+        str(training_round.current_iteration),
+        ranking={
+            "by": RANKED_BY_REWARD_MODEL,
+            "continued_by": admin.get_username(),
+            "at": timezone.now().isoformat(),
+            "unranked_tasks": awaiting["tasks"],
+            "missing_rankings": awaiting["rankings"],
+            "pushed_tasks": awaiting["pushed"],
+        },
+    )
+    _event(
+        training_round,
+        f"continued with the reward model's placement (experts not available): {awaiting['tasks']} of "
+        f"{awaiting['pushed']} pushed tasks unranked, {awaiting['rankings']} rankings missing; "
+        f"by {admin.get_username()}",
+    )
+    return round_finish_ranking(round_id=round_id)
 
 
 @transaction.atomic

@@ -12,6 +12,7 @@ urlpatterns = [
     path("rounds/<int:pk>/", views.round_detail, name="round-detail"),
     path("rounds/<int:pk>/progress/", views.round_progress, name="round-progress"),
     path("rounds/<int:pk>/cancel/", views.round_cancel_view, name="round-cancel"),
+    path("rounds/<int:pk>/continue/", views.round_continue_view, name="round-continue"),
     path("rounds/<int:pk>/resume/", views.round_resume_view, name="round-resume"),
     path("rounds/<int:pk>/figures/<slug:name>.<str:fmt>", views.round_figure_data, name="round-figure-data"),
     path("checkpoints/<str:kind>/<int:pk>/download/", views.checkpoint_download, name="checkpoint-download"),

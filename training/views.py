@@ -15,7 +15,13 @@ from annotation.roles import is_admin, is_researcher
 from training import selectors
 from training.forms import RoundForm
 from training.models import DiffusionCheckpoint, RewardModelCheckpoint, TrainingRound
-from training.services import RoundError, round_cancel, round_create, round_resume
+from training.services import (
+    RoundError,
+    round_cancel,
+    round_continue_without_experts,
+    round_create,
+    round_resume,
+)
 
 HTMX_STOP_POLLING = 286
 
@@ -61,6 +67,7 @@ def _detail_context(training_round: TrainingRound, *, figures: bool = False) -> 
         "logs": selectors.round_recent_logs(training_round),
         "awaiting": selectors.round_awaiting(training_round),
         "checkpoint_count": selectors.round_checkpoint_count(training_round),
+        "ranking_steps": selectors.round_ranking_steps(training_round),
     }
     if figures:
         context["figures"] = _figures(training_round)
@@ -122,6 +129,22 @@ def round_resume_view(request: HttpRequest, pk: int) -> HttpResponse:
         round_resume(round_id=get_object_or_404(TrainingRound, pk=pk).pk)
     except RoundError as exc:
         messages.error(request, str(exc))
+    return redirect("training:round-detail", pk=pk)
+
+
+@login_required
+@require_POST
+def round_continue_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """Experts are not available: continue with the reward model's placement (recorded in the lineage)."""
+    _require(is_admin, request, "Only admins can continue a round without expert rankings.")
+    try:
+        round_continue_without_experts(
+            round_id=get_object_or_404(TrainingRound, pk=pk).pk, admin=request.user
+        )
+    except RoundError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Continued with the reward model's placement; recorded in the lineage.")
     return redirect("training:round-detail", pk=pk)
 
 

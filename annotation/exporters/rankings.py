@@ -17,7 +17,7 @@ import hmac
 import io
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
 import pyarrow as pa
@@ -197,18 +197,26 @@ _ITERCOMP_ALIASES = {
 }
 
 
-def itercomp_model_name(generator_slug: str) -> str:
+def itercomp_model_name(generator_slug: str, mapped: Mapping[str, str] | None = None) -> str:
+    """The IterComp gallery key of a generator: the researcher's mapping first (``{slug: name}``), else its
+    slug read through the usual aliases. A name the mapping gives to another generator is not taken twice:
+    the unmapped one gets an ``_unmapped`` key (an extra model, never one of the six)."""
+    if mapped and generator_slug in mapped:
+        return mapped[generator_slug]
     key = re.sub(r"[^a-z0-9]", "", generator_slug.lower())
-    return _ITERCOMP_ALIASES.get(key, key)
+    name = _ITERCOMP_ALIASES.get(key, key)
+    if mapped and name in mapped.values():
+        return f"{name}_unmapped"
+    return name
 
 
-def itercomp_record(record: dict[str, Any]) -> dict[str, Any] | None:
+def itercomp_record(record: dict[str, Any], mapped: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """IterComp's per-prompt record, or None when the task lacks one of the six gallery models.
 
     Models beyond the six (later iterations' samples) follow them in the gallery, in task order, exactly
     as IterComp's expanded records append ``image_sdxl_iteration1`` and ``image_omost``.
     """
-    names = [itercomp_model_name(slug) for slug in record["generators"]]
+    names = [itercomp_model_name(slug, mapped) for slug in record["generators"]]
     if len(set(names)) != len(names) or not set(ITERCOMP_GALLERY) <= set(names):
         return None
     extra = tuple(name for name in names if name not in ITERCOMP_GALLERY)

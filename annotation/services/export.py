@@ -27,6 +27,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Count, Q
+from django.urls import reverse
 
 from annotation.exporters import pairs
 from annotation.exporters.filters import ExportFilters, FilterError
@@ -129,18 +130,20 @@ def export_problem(spec: ExportSpec) -> str | None:
     if spec.format == "itercomp":
         from annotation.exporters.rankings import itercomp_model_name
         from gallery.models import Generator
+        from gallery.selectors import itercomp_name_mapping
         from rankmath.rankformats import ITERCOMP_GALLERY
 
+        mapped = itercomp_name_mapping()
         slugs_of: dict[str, list[str]] = {}
         for slug in Generator.objects.values_list("slug", flat=True):
-            slugs_of.setdefault(itercomp_model_name(slug), []).append(slug)
+            slugs_of.setdefault(itercomp_model_name(slug, mapped), []).append(slug)
         missing = [name for name in ITERCOMP_GALLERY if name not in slugs_of]
         six = ", ".join(ITERCOMP_GALLERY)
         if missing:
             return (
                 f"The IterComp format needs every task to have images from all six IterComp gallery models "
-                f"({six}), and no generator here is named {', '.join(missing)}. Name your generators after "
-                f"the six (manage register_generator --itercomp-gallery), or export as ImageReward JSON or "
+                f"({six}), and no generator stands for {', '.join(missing)}. Map your generators to the six "
+                f"first (People → Generators, {reverse('generators')}), or export as ImageReward JSON or "
                 f"JSONL, which take any generators."
             )
         gallery_slugs = [slug for name in ITERCOMP_GALLERY for slug in slugs_of[name]]
@@ -158,7 +161,8 @@ def export_problem(spec: ExportSpec) -> str | None:
         if not complete.exists():
             return (
                 f"No task among these {what} has images from all six IterComp gallery models ({six}); "
-                f"the IterComp format would be empty. Export as ImageReward JSON or JSONL instead."
+                f"the IterComp format would be empty. Map your generators to the six "
+                f"({reverse('generators')}), or export as ImageReward JSON or JSONL instead."
             )
     return None
 
@@ -209,7 +213,12 @@ def export_stream(spec: ExportSpec, progress: Progress | None = None) -> Iterato
         if spec.format == "csv":
             return rankings.csv_chunks(records, raw=spec.filters.raw, salt=salt)
         if spec.format == "itercomp":
-            return rankings.json_array_chunks(records, rankings.itercomp_record)
+            from gallery.selectors import itercomp_name_mapping
+
+            mapped = itercomp_name_mapping()
+            return rankings.json_array_chunks(
+                records, lambda record: rankings.itercomp_record(record, mapped)
+            )
         if spec.format == "imagereward":
             return rankings.json_array_chunks(records, rankings.imagereward_record)
     raise ExportError(f"{spec.kind}/{spec.format} is not written as a byte stream")

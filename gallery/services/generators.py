@@ -97,3 +97,37 @@ def generators_ensure_itercomp_gallery() -> list[Generator]:
         )
         result.append(generator)
     return result
+
+
+@transaction.atomic
+def generators_map_itercomp(*, mapping: dict[int, str]) -> list[Generator]:
+    """Set which generator stands for which of IterComp's six gallery models (``{generator id: name}``, an
+    empty name clears it). The whole mapping is checked first: two generators cannot share a name."""
+    allowed = set(ITERCOMP_GALLERY)
+    wanted: dict[str, int] = {}
+    for generator_id, name in mapping.items():
+        if name and name not in allowed:
+            raise GeneratorError(f"{name!r} is not one of IterComp's six ({', '.join(ITERCOMP_GALLERY)})")
+        if name and name in wanted:
+            raise GeneratorError(f"two generators are mapped to {name}; each of the six stands for one")
+        if name:
+            wanted[name] = generator_id
+    generators = list(Generator.objects.select_for_update().filter(pk__in=mapping))
+    if len(generators) != len(mapping):
+        raise GeneratorError("a generator in the mapping no longer exists")
+    # Names held by generators outside this mapping stay theirs.
+    taken = dict(
+        Generator.objects.exclude(pk__in=mapping)
+        .exclude(itercomp_name="")
+        .filter(itercomp_name__in=wanted)
+        .values_list("itercomp_name", "slug")
+    )
+    if taken:
+        name, slug = next(iter(taken.items()))
+        raise GeneratorError(f"{name} is already mapped to {slug}")
+    # Cleared first so that swapping two names does not trip the unique constraint half-way.
+    Generator.objects.filter(pk__in=mapping).update(itercomp_name="")
+    for generator in generators:
+        generator.itercomp_name = mapping[generator.pk]
+        generator.save(update_fields=["itercomp_name"])
+    return generators
