@@ -98,7 +98,8 @@ def claimable_tasks(
             n_ranked=count_subquery(rankings),
         )
         .filter(n_active__lt=F("required_rankings") - F("n_ranked"))
-        .order_by("id")
+        # The category's selection policy, precomputed into an indexed column (services/selection.py).
+        .order_by("-priority", "id")
     )
 
 
