@@ -14,5 +14,6 @@ urlpatterns = [
     path("rounds/<int:pk>/cancel/", views.round_cancel_view, name="round-cancel"),
     path("rounds/<int:pk>/resume/", views.round_resume_view, name="round-resume"),
     path("rounds/<int:pk>/figures/<slug:name>.<str:fmt>", views.round_figure_data, name="round-figure-data"),
+    path("selection/", views.selection_curves, name="selection-curves"),
     path("checkpoints/<str:kind>/<int:pk>/download/", views.checkpoint_download, name="checkpoint-download"),
 ]
