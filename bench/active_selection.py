@@ -34,6 +34,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -290,16 +291,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 curves[category][policy].append(
                     run_policy(args, loop, data, category, policy, initial, rest, evaluation, seed, work)
                 )
-    summary: dict[str, Any] = {"categories": {}}
+            write_summary(args, curves, started, complete=False)
+    return write_summary(args, curves, started, complete=True)
+
+
+def write_summary(
+    args: argparse.Namespace,
+    curves: dict[str, dict[str, list[list[dict[str, Any]]]]],
+    started: float,
+    complete: bool,
+) -> dict[str, Any]:
+    """The results so far (written after every seed, so a run stopped early still leaves its data)."""
+    summary: dict[str, Any] = {"complete": complete, "categories": {}}
     ratios: list[float | None] = []
     for category, by_policy in curves.items():
-        means = {policy: mean_curve(c) for policy, c in by_policy.items()}
+        done = min(len(c) for c in by_policy.values())
+        if done == 0:
+            continue
+        kept = {policy: c[:done] for policy, c in by_policy.items()}
+        means = {policy: mean_curve(c) for policy, c in kept.items()}
         per_policy = (
             {p: ratio(means["random"], m) for p, m in means.items() if p != "random"}
             if "random" in means
             else {}
         )
-        summary["categories"][category] = {"mean": means, "per_seed": by_policy, "rankings_ratio": per_policy}
+        summary["categories"][category] = {
+            "seeds": done,
+            "mean": means,
+            "per_seed": kept,
+            "rankings_ratio": per_policy,
+        }
         known = [v for v in per_policy.values() if v is not None]
         ratios.append(min(known) if known else None)
     known = [r for r in ratios if r is not None]
@@ -307,12 +328,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary["goal"] = "rankings_ratio <= 0.7 (>= 30 % fewer rankings for random's accuracy)"
     summary["settings"] = {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")}
     summary["seconds"] = round(time.perf_counter() - started, 1)
+    # The machine's load when written: wall-clock seconds mean little on a shared box without it.
+    summary["load_average"] = [round(v, 2) for v in os.getloadavg()]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))
     print(
         json.dumps(
             {
+                "complete": complete,
                 "rankings_ratio": summary["rankings_ratio"],
                 "by_category": {c: v["rankings_ratio"] for c, v in summary["categories"].items()},
                 "seconds": summary["seconds"],

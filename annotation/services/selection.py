@@ -75,23 +75,44 @@ def selection_policy_set(
     return row
 
 
-@transaction.atomic
+# Rows per write of the worker's scores: each batch is its own short transaction, so a claimer never waits
+# on (or skips) more than this many row locks, and only for one batch's update.
+SCORE_BATCH = 500
+
+
 def task_scores_record(
     *,
     category_id: int,
     uncertainty: Mapping[int, float],
     disagreement: Mapping[int, float | None],
 ) -> int:
-    """The worker's scores of a category's open tasks (task id → score), then their priorities.
+    """The worker's scores of a category's open tasks (task id → score), with their new priorities.
 
     A task missing from a mapping keeps no stale score of that kind: the scores describe the reward model
-    just trained, and an older model's opinion would rank tasks by what it no longer believes.
+    just trained, and an older model's opinion would rank tasks by what it no longer believes. Not one
+    transaction on purpose (see SCORE_BATCH): until the last batch is written, the queue mixes the new
+    order with the old one, which costs nothing but a less sharp choice for a moment.
     """
-    open_tasks = RankingTask.objects.filter(status=TaskStatus.OPEN, prompt__category_id=category_id)
+    policy, share = category_policy(category_id)
+    rows = list(
+        RankingTask.objects.filter(status=TaskStatus.OPEN, prompt__category_id=category_id).values_list(
+            "pk", "selection_draw"
+        )
+    )
+    scores = [TaskScore(pk, draw, uncertainty.get(pk), disagreement.get(pk)) for pk, draw in rows]
+    priorities = task_priorities(policy, scores, share)
     now = timezone.now()
-    tasks = [
-        RankingTask(pk=pk, uncertainty=uncertainty.get(pk), disagreement=disagreement.get(pk), scored_at=now)
-        for pk in open_tasks.values_list("pk", flat=True)
-    ]
-    RankingTask.objects.bulk_update(tasks, ["uncertainty", "disagreement", "scored_at"], batch_size=1000)
-    return _reprioritise(category_id)
+    for start in range(0, len(scores), SCORE_BATCH):
+        batch = [
+            RankingTask(
+                pk=t.task_id,
+                uncertainty=t.uncertainty,
+                disagreement=t.disagreement,
+                scored_at=now,
+                priority=priorities[t.task_id],
+            )
+            for t in scores[start : start + SCORE_BATCH]
+        ]
+        with transaction.atomic():
+            RankingTask.objects.bulk_update(batch, ["uncertainty", "disagreement", "scored_at", "priority"])
+    return len(scores)

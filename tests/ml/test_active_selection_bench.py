@@ -42,8 +42,10 @@ def test_the_active_selection_bench_writes_learning_curves_per_policy_and_the_ra
         timeout=600,
     )
     summary = json.loads(out.read_text())
-    assert "rankings_ratio" in summary
+    assert "rankings_ratio" in summary and summary["complete"] is True
+    assert len(summary["load_average"]) == 3
     spatial = summary["categories"]["spatial"]
+    assert spatial["seeds"] == 2
     assert set(spatial["mean"]) == {"random", "uncertainty", "mix"}
     assert set(spatial["rankings_ratio"]) == {"uncertainty", "mix"}
     for policy, seeds in spatial["per_seed"].items():
