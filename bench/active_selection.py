@@ -21,8 +21,9 @@ needs push-back rankings of the reward placement, which this bench does not simu
 
 Rankings spent = tasks ranked × annotators per task (the initial tasks included). ``rankings_ratio``: the
 rankings the best policy needs (linear interpolation on its mean curve over seeds) to reach the mean
-accuracy random reaches with its whole budget, divided by that budget; null when it never gets there or
-when random itself did not improve on the shared initial point.
+accuracy random reaches with its whole budget, divided by that budget; null when it never gets there,
+when random did not improve on the shared initial point, or when random's final interval reaches 0.5
+(then ``rankings_ratio_unqualified`` still shows the number, which is noise).
 
     .venv/bin/python bench/active_selection.py [--seeds 3] [--base DIR] [--reward-init DIR] [--out FILE]
 """
@@ -230,12 +231,18 @@ def mean_curve(curves: list[list[dict[str, Any]]]) -> list[dict[str, float]]:
     return out
 
 
-def ratio(random_mean: list[dict[str, float]], other_mean: list[dict[str, float]]) -> float | None:
-    """Rankings ``other`` needs for random's final mean accuracy, ÷ random's budget; None also when random
-    ends no better than it started (every policy shares the first point, so the ratio would only say
-    how small the initial set is)."""
+def ratio(
+    random_mean: list[dict[str, float]], other_mean: list[dict[str, float]], qualified: bool = True
+) -> float | None:
+    """Rankings ``other`` needs for random's final mean accuracy, ÷ random's budget.
+
+    ``qualified``: None also when random ends no better than it started (every policy shares the first
+    point, so the ratio would only say how small the initial set is) or when random's final interval
+    reaches 0.5 (a reward model not shown above chance gives the other policies nothing to reach: the
+    ratio would measure noise).
+    """
     target = random_mean[-1]["mean"]
-    if target <= random_mean[0]["mean"]:
+    if qualified and (target <= random_mean[0]["mean"] or random_mean[-1]["low"] <= 0.5):
         return None
     needed = rankings_to_reach([(p["rankings"], p["mean"]) for p in other_mean], target)
     return None if needed is None else needed / random_mean[-1]["rankings"]
@@ -320,6 +327,12 @@ def write_summary(
             "mean": means,
             "per_seed": kept,
             "rankings_ratio": per_policy,
+            # The same ratio without ratio()'s qualification, for inspection only: noise where it differs.
+            "rankings_ratio_unqualified": {
+                p: ratio(means["random"], m, qualified=False) for p, m in means.items() if p != "random"
+            }
+            if "random" in means
+            else {},
         }
         known = [v for v in per_policy.values() if v is not None]
         ratios.append(min(known) if known else None)

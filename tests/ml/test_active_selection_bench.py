@@ -47,7 +47,9 @@ def test_the_active_selection_bench_writes_learning_curves_per_policy_and_the_ra
     spatial = summary["categories"]["spatial"]
     assert spatial["seeds"] == 2
     assert set(spatial["mean"]) == {"random", "uncertainty", "mix"}
-    assert set(spatial["rankings_ratio"]) == {"uncertainty", "mix"}
+    assert (
+        set(spatial["rankings_ratio"]) == set(spatial["rankings_ratio_unqualified"]) == {"uncertainty", "mix"}
+    )
     for policy, seeds in spatial["per_seed"].items():
         assert len(seeds) == 2
         for curve in seeds:
