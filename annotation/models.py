@@ -50,11 +50,23 @@ class RankingTask(models.Model):
     gold_ordering = models.JSONField(null=True, blank=True)
     iteration = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Active selection (rankmath/selection.py). The draw is fixed at creation from the prompt and image set:
+    # it decides membership in a mix's random share and the random priorities. The scores are written by
+    # the worker after each reward-training stage; the priority is derived from draw, scores and the
+    # category's policy whenever one of them changes, so claiming only sorts by an indexed column.
+    selection_draw = models.FloatField(default=0.0)
+    priority = models.FloatField(default=0.0)
+    uncertainty = models.FloatField(null=True, blank=True)
+    disagreement = models.FloatField(null=True, blank=True)
+    scored_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [
             models.CheckConstraint(condition=Q(required_rankings__gte=1), name="task_requires_a_ranking"),
+            models.CheckConstraint(
+                condition=Q(selection_draw__gte=0) & Q(selection_draw__lt=1), name="task_draw_unit_interval"
+            ),
             models.CheckConstraint(
                 condition=Q(is_gold=False) | Q(gold_ordering__isnull=False), name="task_gold_has_reference"
             ),
@@ -62,14 +74,50 @@ class RankingTask(models.Model):
         ]
         indexes = [
             models.Index(fields=["status", "is_gold"]),
-            # The claimer's walk: open tasks of one pool in id order. Without it PostgreSQL steps over
-            # every complete task in front of the first open one (O(gallery); BENCHMARKS.md, "Claim path
-            # at scale").
-            models.Index(fields=["is_gold", "id"], condition=Q(status="open"), name="task_open_queue"),
+            # The claim's walk: open tasks of one pool, highest priority first, oldest first on ties. Partial
+            # (open only) so PostgreSQL never steps over the complete tasks in front of the first open one
+            # (O(gallery) before; BENCHMARKS.md, "Claim path at scale").
+            models.Index(
+                fields=["is_gold", "-priority", "id"], condition=Q(status="open"), name="task_open_queue"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"Task {self.pk}: {self.prompt}"
+
+
+class SelectionPolicy(models.TextChoices):
+    RANDOM = "random", "random"
+    UNCERTAINTY = "uncertainty", "uncertainty (reward-model margins)"
+    DISAGREEMENT = "disagreement", "disagreement with experts"
+    MIX = "mix", "mix (uncertainty + a random share)"
+
+
+class CategorySelection(models.Model):
+    """The task-priority policy an admin chose for one category's queue (none: random)."""
+
+    category = models.OneToOneField("gallery.Category", on_delete=models.CASCADE, related_name="selection")
+    policy = models.CharField(max_length=12, choices=SelectionPolicy.choices, default=SelectionPolicy.RANDOM)
+    # Under ``mix``: the share of tasks (chosen by their selection draw) that keep a random priority, so
+    # an unbiased evaluation sample is always being ranked.
+    random_share = models.FloatField(default=0.2)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, related_name="+", null=True, blank=True
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(policy__in=SelectionPolicy.values), name="selection_policy_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(random_share__gt=0) & Q(random_share__lt=1), name="selection_share_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.category_id}: {self.policy}"
 
 
 class TaskImage(models.Model):

@@ -15,22 +15,26 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
 from django.urls import NoReverseMatch
 from django.utils import timezone
 
 from annotation import selectors_research as research
 from annotation.models import (
     AnnotatorProfile,
+    CategorySelection,
     ClaimStatus,
     Ranking,
     RankingTask,
     Role,
+    SelectionPolicy,
     TaskClaim,
     TaskFlag,
+    TaskStatus,
 )
 from annotation.services.claims import claimable_tasks
 from annotation.services.review import SKIP_UNDO_SECONDS, skip_undoable
+from annotation.services.selection import DEFAULT_RANDOM_SHARE
 from annotation.services.submission import CORRECTION_WINDOW_SECONDS, positions_from_ordering
 from gallery.models import Category, Image, Prompt
 
@@ -419,3 +423,48 @@ def accounts() -> QuerySet:
         .annotate(n_rankings=Count("rankings"))
         .order_by("profile__role", "username")
     )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Active selection (admins: /quality/)
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CategorySelectionRow:
+    category: Category
+    policy: str
+    random_share: float
+    open_tasks: int
+    scored_tasks: int
+    last_scored: datetime | None
+
+
+def selection_overview() -> list[CategorySelectionRow]:
+    """Each category's task-priority policy, and how many of its open tasks the worker has scored."""
+    chosen = {row.category_id: row for row in CategorySelection.objects.all()}
+    counts = {
+        row["prompt__category_id"]: row
+        for row in RankingTask.objects.filter(status=TaskStatus.OPEN, is_gold=False)
+        .values("prompt__category_id")
+        .annotate(
+            open=Count("id"),
+            scored=Count("id", filter=Q(scored_at__isnull=False)),
+            last=Max("scored_at"),
+        )
+    }
+    rows = []
+    for category in Category.objects.order_by("position"):
+        policy = chosen.get(category.pk)
+        count = counts.get(category.pk, {})
+        rows.append(
+            CategorySelectionRow(
+                category=category,
+                policy=policy.policy if policy else SelectionPolicy.RANDOM.value,
+                random_share=policy.random_share if policy else DEFAULT_RANDOM_SHARE,
+                open_tasks=count.get("open", 0),
+                scored_tasks=count.get("scored", 0),
+                last_scored=count.get("last"),
+            )
+        )
+    return rows

@@ -17,6 +17,7 @@ urlpatterns = [
     path("review/<int:flag_id>/resolve/", views.review_resolve, name="review-resolve"),
     path("quality/", views.quality, name="quality"),
     path("quality/gold/new/", views.gold_new, name="gold-new"),
+    path("quality/selection/", views.quality_selection, name="quality-selection"),
     path("people/", views.people, name="people"),
     path("people/prompts/import/", views_admin.prompts_import, name="prompts-import"),
     path("people/gallery/import/", views_admin.gallery_upload, name="gallery-upload"),

@@ -19,13 +19,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from annotation import selectors
-from annotation.models import FlagKind, Role
+from annotation.models import FlagKind, Role, SelectionPolicy
 from annotation.roles import is_admin, role_of
 from annotation.services.claims import task_claims_ensure
 from annotation.services.gold import gold_image_candidates, gold_task_create
 from annotation.services.refusals import RankingRefused, SubmissionInvalid
 from annotation.services.review import flag_resolve, task_release
 from annotation.services.review import skip_undo as skip_undo_service
+from annotation.services.selection import DEFAULT_RANDOM_SHARE, selection_policy_set
 from annotation.services.submission import (
     CORRECTION_WINDOW_SECONDS,
     RANK_FIELD_PREFIX,
@@ -344,8 +345,29 @@ def quality(request: HttpRequest) -> HttpResponse:
             "by_category": selectors.agreement_by_category(),
             "gold": selectors.gold_tasks()[:200],
             "gold_rate": settings.GOLD_TASK_RATE,
+            "selection": selectors.selection_overview(),
+            "policies": SelectionPolicy.choices,
         },
     )
+
+
+@require_POST
+@admin_page
+def quality_selection(request: HttpRequest) -> HttpResponse:
+    """An admin sets one category's task-priority policy; the queue is reordered from the stored scores."""
+    category = Category.objects.filter(pk=_int_or_none(request.POST.get("category"))).first()
+    policy = request.POST.get("policy", "")
+    try:
+        share = float(request.POST.get("random_share") or DEFAULT_RANDOM_SHARE)
+    except ValueError:
+        share = -1.0
+    if category is None or policy not in SelectionPolicy.values or not 0.0 < share < 1.0:
+        return _refuse(
+            request, "Choose a category, a policy and a random share strictly between 0 and 1.", 400
+        )
+    selection_policy_set(category=category, policy=policy, random_share=share, user=request.user)
+    messages.success(request, f"{category.name}: tasks are now handed out by {policy}.")
+    return _see_other(reverse("quality") + "#selection")
 
 
 @require_http_methods(["GET", "POST"])

@@ -237,3 +237,53 @@ def round_ranking_steps(training_round: TrainingRound) -> list[dict[str, object]
         if ranking:
             steps.append({"iteration": int(key), **ranking})
     return steps
+
+
+def selection_curves(category_ids: list[int] | None = None) -> list[dict[str, object]]:
+    """Per category, the reward models' accuracy on held-out own-sample pairs (the gate's measurement, with
+    its 95 % interval) against the expert rankings spent when they were trained, per selection policy.
+
+    One point per reward checkpoint that measured it (``own_accuracy``) and recorded ``rankings_spent``
+    (training/stages.py writes both); each policy's points in order of rankings spent, with an SVG chart.
+    """
+    from gallery.models import Category
+    from training.charts import line_chart
+    from training.models import RewardModelCheckpoint
+
+    rows = RewardModelCheckpoint.objects.filter(
+        metrics__own_accuracy__isnull=False, metrics__rankings_spent__isnull=False
+    ).order_by("created_at", "id")
+    categories = Category.objects.order_by("position")
+    if category_ids is not None:
+        rows = rows.filter(category_id__in=category_ids)
+        categories = categories.filter(pk__in=category_ids)
+    by_category: dict[int, dict[str, list[dict[str, object]]]] = {}
+    for row in rows:
+        metrics = row.metrics
+        by_category.setdefault(row.category_id, {}).setdefault(
+            metrics.get("selection_policy", "random"), []
+        ).append(
+            {
+                "rankings": int(metrics["rankings_spent"]),
+                "accuracy": float(metrics["own_accuracy"]),
+                "low": metrics.get("own_accuracy_ci_low"),
+                "high": metrics.get("own_accuracy_ci_high"),
+                "pairs": metrics.get("own_pairs"),
+                "round": row.training_round_id,
+                "iteration": row.iteration,
+            }
+        )
+    out = []
+    for category in categories:
+        policies = {
+            p: sorted(v, key=lambda point: point["rankings"])
+            for p, v in by_category.get(category.pk, {}).items()
+        }
+        chart = line_chart(
+            f"{category.name}: own-sample accuracy vs rankings spent",
+            {p: [(pt["rankings"], pt["accuracy"]) for pt in v] for p, v in sorted(policies.items())},
+            x_label="expert rankings spent",
+            y_label="pair accuracy",
+        )
+        out.append({"category": category, "policies": dict(sorted(policies.items())), "svg": chart})
+    return out

@@ -229,7 +229,7 @@ def stage_train_rewards(context: StageContext) -> None:
                 "file": name,
                 "sha256": sha,
                 "config": checkpoint_config(info.path),
-                "metrics": _jsonable(info.metrics),
+                "metrics": _jsonable({**info.metrics, **selection_context(category)}),
                 "dataset_hash": dataset_fingerprint(records)["sha256"],
                 "code_version": code_version(),
             },
@@ -239,9 +239,86 @@ def stage_train_rewards(context: StageContext) -> None:
         context.beat(force=True)
     if not done:
         raise RuntimeError("no reward model could be trained: none of the round's categories has pairs")
+    for category in categories:
+        if category.slug in done:
+            scored = score_open_tasks(context.training_round, context.iteration, category)
+            round_log(
+                round_id=context.training_round.pk,
+                message=f"{category.name}: {scored} open ranking tasks scored for active selection",
+            )
+            context.beat(force=True)
     round_record_outputs(
         round_id=context.training_round.pk, iteration=context.iteration, reward_checkpoints=done
     )
+
+
+def selection_context(category: Category) -> dict[str, Any]:
+    """What the accuracy-vs-cost curves need beside the gate's own-sample accuracy: the expert rankings
+    spent on the category so far and the task-priority policy that chose them."""
+    from annotation.models import Ranking
+    from annotation.services.selection import category_policy
+
+    policy, share = category_policy(category.pk)
+    spent = Ranking.objects.filter(task__prompt__category=category, task__is_gold=False).count()
+    return {"rankings_spent": spent, "selection_policy": policy, "selection_random_share": share}
+
+
+def score_open_tasks(training_round, iteration: int, category: Category) -> int:
+    """Active-selection scores of the category's open (non-gold) tasks from the reward model just trained,
+    recorded with their priorities (``annotation.services.selection.task_scores_record``).
+
+    - uncertainty: :func:`rankmath.selection.group_uncertainty` of each task's images under this
+      iteration's reward model and, when the round has one, the previous iteration's (a two-model
+      ensemble: small margins or a disagreement between them both count);
+    - disagreement: for prompts with a push-back ranking, the share of its reward placement's pairs (the
+      model pairs of that iteration) that the experts' consensus reversed.
+    """
+    from annotation.models import ConsensusRanking, PairSource, PreferencePair, RankingTask, TaskImage
+    from annotation.services.selection import task_scores_record
+    from rankmath.selection import group_uncertainty, placement_disagreement
+    from training.ml.algorithm1.steps import reward_scores
+    from training.ml.reward import load_reward_model
+
+    checkpoints = RewardModelCheckpoint.objects.filter(
+        training_round=training_round, category=category, iteration__in=(iteration - 1, iteration)
+    ).order_by("-iteration")
+    models = [load_reward_model(artifact_fetch_dir(c.file.name, c.sha256)).eval() for c in checkpoints]
+    if not models:
+        return 0
+    tasks = list(
+        RankingTask.objects.filter(status=TaskStatus.OPEN, prompt__category=category, is_gold=False)
+        .select_related("prompt")
+        .order_by("id")
+    )
+    images: dict[int, list[Image]] = {}
+    rows = TaskImage.objects.filter(task__in=tasks).select_related("image").order_by("task_id", "position")
+    for row in rows:
+        images.setdefault(row.task_id, []).append(row.image)
+    loader = storage_image_loader()
+    uncertainty: dict[int, float] = {}
+    for task in tasks:
+        pictures = [loader(image.file.name, image.sha256) for image in images.get(task.pk, [])]
+        if len(pictures) >= 2:
+            uncertainty[task.pk] = group_uncertainty(
+                [reward_scores(m, task.prompt.text, pictures) for m in models]
+            )
+    by_prompt: dict[int, float] = {}
+    pushed_back = ConsensusRanking.objects.filter(
+        task__prompt_id__in={t.prompt_id for t in tasks}, task__iteration__gte=1
+    ).order_by("task__prompt_id", "-task__iteration", "-task_id")
+    for consensus in pushed_back.select_related("task"):
+        prompt_id = consensus.task.prompt_id
+        if prompt_id in by_prompt:
+            continue  # the latest push-back ranking of the prompt speaks for it
+        placed = PreferencePair.objects.filter(
+            prompt_id=prompt_id, source=PairSource.MODEL, iteration=consensus.task.iteration
+        ).values_list("winner_id", "loser_id")
+        value = placement_disagreement(consensus.ordering, list(placed))
+        if value is not None:
+            by_prompt[prompt_id] = value
+    disagreement = {t.pk: by_prompt[t.prompt_id] for t in tasks if t.prompt_id in by_prompt}
+    task_scores_record(category_id=category.pk, uncertainty=uncertainty, disagreement=disagreement)
+    return len(uncertainty)
 
 
 def _own_accuracy_line(category: Category, metrics: dict) -> str:

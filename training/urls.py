@@ -15,5 +15,6 @@ urlpatterns = [
     path("rounds/<int:pk>/continue/", views.round_continue_view, name="round-continue"),
     path("rounds/<int:pk>/resume/", views.round_resume_view, name="round-resume"),
     path("rounds/<int:pk>/figures/<slug:name>.<str:fmt>", views.round_figure_data, name="round-figure-data"),
+    path("selection/", views.selection_curves, name="selection-curves"),
     path("checkpoints/<str:kind>/<int:pk>/download/", views.checkpoint_download, name="checkpoint-download"),
 ]

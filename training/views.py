@@ -60,6 +60,17 @@ def round_new(request: HttpRequest) -> HttpResponse:
     return render(request, "training/round_new.html", {"form": form}, status=400 if form.errors else 200)
 
 
+@login_required
+@require_GET
+def selection_curves(request: HttpRequest) -> HttpResponse:
+    """Reward-model accuracy on own-sample pairs against expert rankings spent, per category and policy;
+    /quality/ loads its partial with htmx."""
+    _require(is_researcher, request, "Only admins and researchers can see training results.")
+    context = {"curves": selectors.selection_curves()}
+    template = "training/selection_curves.html#curves" if request.htmx else "training/selection_curves.html"
+    return render(request, template, context)
+
+
 def _detail_context(training_round: TrainingRound, *, figures: bool = False) -> dict[str, object]:
     context = {
         "round": training_round,
@@ -71,6 +82,9 @@ def _detail_context(training_round: TrainingRound, *, figures: bool = False) -> 
     }
     if figures:
         context["figures"] = _figures(training_round)
+        context["curves"] = selectors.selection_curves(
+            list(training_round.categories.values_list("pk", flat=True))
+        )
         context["reward_checkpoints"] = training_round.reward_checkpoints.select_related("category").order_by(
             "iteration"
         )

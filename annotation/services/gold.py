@@ -12,6 +12,7 @@ from django.db import transaction
 from annotation.models import AnnotatorProfile, Ranking, RankingTask, TaskImage
 from annotation.services.consensus import consensus_schedule
 from annotation.services.refusals import SubmissionInvalid
+from annotation.services.selection import task_selection_initial
 from annotation.services.submission import labels_to_image_ids, ordering_from_positions
 from gallery.models import Image, Prompt
 from rankmath.agreement import WeightPolicy, weights_from_agreement
@@ -66,6 +67,7 @@ def gold_task_create(
         is_gold=True,
         gold_ordering=reference,
         iteration=max((ti for ti in prompt.ranking_tasks.values_list("iteration", flat=True)), default=0),
+        **task_selection_initial(prompt_id=prompt.pk, category_id=prompt.category_id, image_ids=image_ids),
     )
     TaskImage.objects.bulk_create(
         TaskImage(task=task, image_id=image_id, position=i) for i, image_id in enumerate(image_ids)

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import transaction
 
 from annotation.models import RankingTask, TaskImage, TaskStatus
+from annotation.services.selection import task_selection_initial
 from gallery.models import Category, Image, Prompt
 from gallery.selectors import GALLERY_SIZE, complete_galleries
 
@@ -61,7 +62,10 @@ def _task_ensure(
     for task_id in sorted(sets):
         if sets[task_id] == wanted:
             return RankingTask.objects.get(pk=task_id), False
-    task = RankingTask.objects.create(prompt=prompt, required_rankings=required, iteration=iteration)
+    selection = task_selection_initial(prompt_id=prompt.pk, category_id=prompt.category_id, image_ids=ids)
+    task = RankingTask.objects.create(
+        prompt=prompt, required_rankings=required, iteration=iteration, **selection
+    )
     # Positions follow the content hash, which says nothing about the generator (annotators stay blind);
     # each annotator is shown a shuffled order anyway.
     ordered = sorted(images, key=lambda image: (image.sha256, image.pk))

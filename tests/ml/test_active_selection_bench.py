@@ -1,0 +1,63 @@
+"""bench/active_selection.py end to end at toy size: the active-selection measurement keeps working as the
+code moves (the real measurement is recorded in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.ml.world.model import PRETRAINED_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_active_selection_bench_writes_learning_curves_per_policy_and_the_rankings_ratio(tmp_path):
+    out = tmp_path / "active_selection.json"
+    args = "--seeds 2 --pool-prompts 8 --eval-prompts 4 --group-size 3 --annotators 2 --initial-tasks 2"
+    args += " --batch-tasks 2 --rounds 2 --reward-epochs 1 --reward-hidden 32 --reward-layers 1"
+    args += " --sampling-steps 4 --random-share 0.5"
+    subprocess.run(
+        [
+            sys.executable,
+            "bench/active_selection.py",
+            "--base",
+            str(PRETRAINED_DIR),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+            *args.split(),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    summary = json.loads(out.read_text())
+    assert "rankings_ratio" in summary and summary["complete"] is True
+    assert len(summary["load_average"]) == 3
+    spatial = summary["categories"]["spatial"]
+    assert spatial["seeds"] == 2
+    assert set(spatial["mean"]) == {"random", "uncertainty", "mix"}
+    assert (
+        set(spatial["rankings_ratio"]) == set(spatial["rankings_ratio_unqualified"]) == {"uncertainty", "mix"}
+    )
+    for policy, seeds in spatial["per_seed"].items():
+        assert len(seeds) == 2
+        for curve in seeds:
+            # Two annotators per task: 2 initial tasks, then 2 more per round.
+            assert [p["rankings"] for p in curve] == [4, 8, 12]
+            assert all(p["ci_low"] <= p["accuracy"] <= p["ci_high"] and p["eval_pairs"] > 0 for p in curve)
+        for point in spatial["mean"][policy]:
+            assert point["low"] <= point["mean"] <= point["high"]
+    # Every policy starts from the same randomly chosen tasks, so the same reward model and accuracy.
+    firsts = {tuple(curve[0]["accuracy"] for curve in seeds) for seeds in spatial["per_seed"].values()}
+    assert len(firsts) == 1
