@@ -240,3 +240,37 @@ def test_online_dpo_trains_the_second_iteration_on_the_experts_rankings_of_the_m
     # Iteration 0: the own groups' C(3, 2) pairs less ties; iteration 1: those of p_1's fresh own groups
     # plus the expert pairs touching p_1's two pushed samples in each of the 3 groups (13 each, less ties).
     assert first["refl"]["pairs"] <= 2 * 3 < 3 * 6 < second["refl"]["pairs"]
+
+
+def test_a_stopped_dpo_step_resumes_from_its_last_checkpoint_and_ends_where_an_unbroken_one_does(
+    tmp_path, tiny_base
+):
+    from tests.ml.test_dpo import RenderedPairs
+
+    round_config = dataclasses.replace(
+        tiny_round(steps=4, guard_every=0, lora=True, learning_rate=1e-2), objective="dpo"
+    )
+    data = RenderedPairs(6)
+    common = dict(
+        family="world",
+        base_path=str(tiny_base),
+        chain=[],
+        pairs=data.pairs[:4],
+        loader=data,
+        iteration=0,
+        heldout_pairs=data.pairs[4:],
+        dpo=dataclasses.replace(dpo_config(round_config, 0), beta=500.0),
+    )
+    unbroken = finetune_dpo(round_config, output_dir=tmp_path / "unbroken", **common)
+    # A cancelled stage: the progress callback says stop after step 2; the trainer saves where it stopped.
+    stopped = finetune_dpo(
+        round_config, output_dir=tmp_path / "resumed", progress=lambda step, total, m: step < 2, **common
+    )
+    assert stopped.checkpoint.stopped_early and stopped.checkpoint.metrics["steps"] == 2
+    resumed = finetune_dpo(round_config, output_dir=tmp_path / "resumed", **common)
+    assert resumed.checkpoint.metrics["steps"] == 4 and resumed.curve[0]["step"] == 2
+    assert _weights(Path(resumed.checkpoint.path)) == _weights(Path(unbroken.checkpoint.path))
+    assert resumed.checkpoint.metrics["heldout"] == unbroken.checkpoint.metrics["heldout"]
+    # Other pairs (more were ranked since the first attempt): the old state is not resumed, a fresh run is.
+    fresh = finetune_dpo(round_config, output_dir=tmp_path / "resumed", **{**common, "pairs": data.pairs[:3]})
+    assert fresh.curve[0]["step"] == 0 and fresh.checkpoint.metrics["steps"] == 4
