@@ -94,7 +94,7 @@ class RoundForm(forms.Form):
     dpo_pair_weights = forms.BooleanField(
         required=False,
         initial=_D.pair_weights,
-        label="DPO: weight pairs by consensus agreement",
+        label="DPO: weight each pair by the share of experts who agree with it",
     )
     samples_per_prompt = forms.IntegerField(min_value=1, max_value=2, initial=_P.samples_per_prompt)
     share_of_prompts = forms.FloatField(min_value=0, max_value=1, initial=_P.share_of_prompts)

@@ -155,7 +155,7 @@ class DPOStageConfig:
     # Expert ties: "skip", or "down_weight" (soft label ½ times tie_weight).
     ties: str = "skip"
     tie_weight: float = 0.5
-    # Multiply each pair's loss by its stored weight (the consensus agreement).
+    # Multiply each pair's loss by its stored weight (the share of experts who agree with its order).
     pair_weights: bool = False
     # Share of the prompts without a split (the loop's) whose pairs are held out to measure the implicit
     # reward accuracy; in the app every prompt has one: val-split pairs are held out, test-split never used.
