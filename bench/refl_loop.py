@@ -14,7 +14,14 @@ loop's data or the guard), every model on the same fixed noise:
   and plotted to bench/out/refl_loop_curves.png; a sample grid, p_0 vs p_K on the same noise, to
   bench/out/refl_loop_samples.png.
 
+With ``--objective dpo`` every iteration fine-tunes by Diffusion-DPO on the panel's pairs instead of ReFL
+(the loop's ``run_iteration`` with the objective swapped, as an app round with objective DPO): the same
+evaluation, baselines and summary keys, the DPO loss and held-out implicit reward accuracy in place of
+the guard curve; ``--summary bench/results/dpo.json`` writes the summary there too.
+
     .venv/bin/python bench/refl_loop.py [--iterations 3] [--reuse] [sizes: see --help]
+    .venv/bin/python bench/refl_loop.py --objective dpo --dpo-pair-source own --expert-pushback \
+        --own-groups-per-category 40 --tag _dpo --summary bench/results/dpo.json
 """
 
 from __future__ import annotations
@@ -221,6 +228,7 @@ def learning_validity_summary(
             )
     best_of = next((r for r in table if r["run"] == f"p0 best-of-{args.best_of}"), None)
     return {
+        "objective": args.objective,
         "guidance": args.guidance,
         # Gate metric of the last iteration's reward models: held-out panel-ranked pairs of p_k's samples.
         "rm_own_accuracy": {c: r.get("own_accuracy") for c, r in last_rewards.items()},
@@ -249,6 +257,9 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.2), squeeze=False)
     for ax, m in zip(axes[0], metrics, strict=True):
+        if m.get("objective") == "dpo":
+            _plot_dpo(ax, m)
+            continue
         guard = m["refl"]["guard_history"]
         steps = [g["step"] for g in guard]
         ax.plot(steps, [g["reward"] for g in guard], "o-", color="tab:blue", label="val reward (optimised)")
@@ -264,6 +275,20 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _plot_dpo(ax: Any, m: dict[str, Any]) -> None:
+    """One DPO iteration: training loss per step and the implicit reward accuracy on held-out pairs."""
+    curve = m["refl_curve"]
+    loss = [(c["step"], c["loss"]) for c in curve if "loss" in c]
+    held = [(c["step"], c["val/implicit_acc"]) for c in curve if "val/implicit_acc" in c]
+    ax.plot([s for s, _ in loss], [v for _, v in loss], "-", color="tab:blue", label="DPO loss")
+    ax.set_xlabel("DPO step")
+    ax.set_ylabel("DPO loss", color="tab:blue")
+    twin = ax.twinx()
+    twin.plot([s for s, _ in held], [v for _, v in held], "s-", color="tab:red")
+    twin.set_ylabel("held-out implicit accuracy", color="tab:red")
+    ax.set_title(f"iteration {m['iteration'] + 1} (DPO, {m['refl'].get('pairs')} pairs)")
 
 
 def sample_grid(rows: list[torch.Tensor], path: Path, scale: int = 3) -> None:
@@ -348,6 +373,23 @@ def main() -> None:
         "control baseline",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
+    parser.add_argument(
+        "--objective",
+        choices=("refl", "dpo"),
+        default="refl",
+        help="fine-tuning objective of every iteration",
+    )
+    parser.add_argument("--dpo-beta", type=float, default=5000.0, help="Diffusion-DPO beta (objective dpo)")
+    parser.add_argument(
+        "--dpo-pair-source",
+        choices=("own", "gallery", "both"),
+        default="both",
+        help="which panel-ranked pairs train DPO: those touching p_k's samples, the others, or both",
+    )
+    parser.add_argument("--dpo-ties", choices=("skip", "down_weight"), default="skip")
+    parser.add_argument(
+        "--summary", type=Path, help="also write the learning-validity summary here (bench/results/dpo.json)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -356,6 +398,10 @@ def main() -> None:
     base = loop_round_config(args.seed)
     round_config = dataclasses.replace(
         base,
+        objective=args.objective,
+        dpo=dataclasses.replace(
+            base.dpo, beta=args.dpo_beta, pair_source=args.dpo_pair_source, ties=args.dpo_ties
+        ),
         reward=dataclasses.replace(
             base.reward,
             backbone=args.backbone,
@@ -523,14 +569,27 @@ def main() -> None:
             cells.append(f"{row['mean'][c]:.3f} {d['diff']:+.3f} [{d['lo']:+.3f},{d['hi']:+.3f}] {rel:+.0%}")
         print(f"{row['run']:<22}" + "".join(f"{cell:>36}" for cell in cells) + f"{row['reward']:>+9.3f}")
 
-    print("\nReFL reward vs oracle on validation prompts at each guard evaluation (step: reward / oracle)")
-    for m in metrics:
-        guard = m["refl"]["guard_history"]
-        points = "  ".join(f"{g['step']}: {g['reward']:+.2f}/{g['heldout']:.3f}" for g in guard)
+    if args.objective == "dpo":
+        print("\nDiffusion-DPO per iteration (step: held-out implicit reward accuracy / held-out loss)")
+    else:
         print(
-            f"  iteration {m['iteration'] + 1}: kept step {m['refl'].get('best_step')} "
-            f"stop {m['refl'].get('stop_reason')} | {points}"
+            "\nReFL reward vs oracle on validation prompts at each guard evaluation (step: reward / oracle)"
         )
+    for m in metrics:
+        if m.get("objective") == "dpo":
+            held = [c for c in m["refl_curve"] if "val/implicit_acc" in c]
+            points = "  ".join(f"{c['step']}: {c['val/implicit_acc']:.3f}/{c['val/loss']:.4f}" for c in held)
+            print(
+                f"  iteration {m['iteration'] + 1}: {m['refl'].get('steps')} steps on "
+                f"{m['refl'].get('pairs')} pairs ({m['refl'].get('heldout_pairs')} held out) | {points}"
+            )
+        else:
+            guard = m["refl"]["guard_history"]
+            points = "  ".join(f"{g['step']}: {g['reward']:+.2f}/{g['heldout']:.3f}" for g in guard)
+            print(
+                f"  iteration {m['iteration'] + 1}: kept step {m['refl'].get('best_step')} "
+                f"stop {m['refl'].get('stop_reason')} | {points}"
+            )
         print(
             f"    D {m['dataset_before']['pairs']} -> {m['dataset_after']['pairs']} pairs; reward val acc "
             + ", ".join(f"{c} {_fmt(r['val_accuracy'])}" for c, r in m["rewards"].items())
@@ -561,7 +620,16 @@ def main() -> None:
     summary = learning_validity_summary(args, table, metrics, results)
     (OUT / f"refl_loop{args.tag}_learning_validity.json").write_text(json.dumps(summary, indent=1))
     print(f"learning-validity summary: {OUT}/refl_loop{args.tag}_learning_validity.json")
-    results["curves"] = [{"iteration": m["iteration"], "guard": m["refl"]["guard_history"]} for m in metrics]
+    if args.summary is not None:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps(summary, indent=1))
+        print(f"learning-validity summary also at {args.summary}")
+    results["curves"] = [
+        {"iteration": m["iteration"], "guard": m["refl"].get("guard_history", []), "dpo": m["refl_curve"]}
+        if m.get("objective") == "dpo"
+        else {"iteration": m["iteration"], "guard": m["refl"]["guard_history"]}
+        for m in metrics
+    ]
     results["loop_metrics"] = [{k: v for k, v in m.items() if k != "refl_curve"} for m in metrics]
     results["seconds"] = {"loop": round(loop_seconds), "total": round(time.perf_counter() - t_start)}
     (OUT / f"refl_loop{args.tag}.json").write_text(json.dumps(results, indent=1, default=str))

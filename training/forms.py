@@ -5,6 +5,7 @@ from django import forms
 from gallery.models import Category, Generator, GeneratorKind
 from training.ml.algorithm1.config import (
     SYNTHETIC_BASE,
+    DPOStageConfig,
     FeedbackStageConfig,
     PushBackConfig,
     RewardStageConfig,
@@ -12,7 +13,7 @@ from training.ml.algorithm1.config import (
     RoundConfigError,
 )
 
-_R, _F, _P = RewardStageConfig(), FeedbackStageConfig(), PushBackConfig()
+_R, _F, _P, _D = RewardStageConfig(), FeedbackStageConfig(), PushBackConfig(), DPOStageConfig()
 
 
 class RoundForm(forms.Form):
@@ -29,6 +30,19 @@ class RoundForm(forms.Form):
         queryset=Generator.objects.filter(kind=GeneratorKind.BASE),
         required=False,
         help_text="The gallery generator whose images the base model made (optional).",
+    )
+    objective = forms.ChoiceField(
+        choices=[("refl", "ReFL"), ("dpo", "Diffusion-DPO")],
+        required=False,
+        initial="refl",
+        widget=forms.RadioSelect,
+        help_text=(
+            "How each iteration fine-tunes the model. ReFL climbs the reward models (guarded by the gate "
+            "and the hacking guard). Diffusion-DPO learns straight from the experts' image pairs against "
+            "the frozen current model, with no reward model in the loop (reward models are still trained: "
+            "they place the new samples in the rankings). Steps, learning rate, batch (pairs for DPO) "
+            "and LoRA apply to both."
+        ),
     )
     iterations = forms.IntegerField(min_value=1, max_value=10, initial=3)
     seed = forms.IntegerField(min_value=0, initial=0)
@@ -62,6 +76,35 @@ class RoundForm(forms.Form):
     )
     lora = forms.BooleanField(required=False, initial=_F.lora, label="LoRA (off: full fine-tuning)")
     lora_rank = forms.IntegerField(min_value=1, initial=_F.lora_rank)
+    dpo_beta = forms.FloatField(
+        required=False,
+        initial=_D.beta,
+        label="DPO β",
+        help_text="Diffusion-DPO only: strength of the pull towards the reference (5000 in the paper's SDXL runs).",
+    )
+    dpo_pair_source = forms.ChoiceField(
+        choices=[
+            ("both", "both"),
+            ("own", "own: the experts' rankings of the current model's samples (push-back)"),
+            ("gallery", "gallery: the other expert pairs"),
+        ],
+        required=False,
+        initial=_D.pair_source,
+        label="DPO pairs",
+        help_text="Diffusion-DPO only: which expert-ranked pairs train (a reward model's placements never do).",
+    )
+    dpo_ties = forms.ChoiceField(
+        choices=[("skip", "skip"), ("down_weight", "keep at half weight")],
+        required=False,
+        initial=_D.ties,
+        label="DPO ties",
+        help_text="Diffusion-DPO only: image pairs the experts left tied.",
+    )
+    dpo_pair_weights = forms.BooleanField(
+        required=False,
+        initial=_D.pair_weights,
+        label="DPO: weight each pair by the share of experts who agree with it",
+    )
     samples_per_prompt = forms.IntegerField(min_value=1, max_value=2, initial=_P.samples_per_prompt)
     share_of_prompts = forms.FloatField(min_value=0, max_value=1, initial=_P.share_of_prompts)
     prompts_per_category = forms.IntegerField(min_value=1, initial=_P.prompts_per_category)
@@ -74,6 +117,8 @@ class RoundForm(forms.Form):
             data["config"] = RoundConfig(
                 base_model=data["base_model"],
                 seed=data["seed"],
+                # Left out of a post (scripts, older pages): ReFL, as every round before the choice.
+                objective=data["objective"] or "refl",
                 reward=RewardStageConfig(
                     backbone=data.get("reward_backbone") or _R.backbone,
                     epochs=data["reward_epochs"],
@@ -96,6 +141,12 @@ class RoundForm(forms.Form):
                     samples_per_prompt=data["samples_per_prompt"],
                     share_of_prompts=data["share_of_prompts"],
                     prompts_per_category=data["prompts_per_category"],
+                ),
+                dpo=DPOStageConfig(
+                    beta=_D.beta if data["dpo_beta"] is None else data["dpo_beta"],
+                    pair_source=data["dpo_pair_source"] or _D.pair_source,
+                    ties=data["dpo_ties"] or _D.ties,
+                    pair_weights=data["dpo_pair_weights"],
                 ),
             )
         except RoundConfigError as exc:

@@ -287,3 +287,26 @@ def selection_curves(category_ids: list[int] | None = None) -> list[dict[str, ob
         )
         out.append({"category": category, "policies": dict(sorted(policies.items())), "svg": chart})
     return out
+
+
+def round_objective(training_round: TrainingRound) -> str:
+    """ "refl" or "dpo" (rounds stored before the choice existed were ReFL rounds)."""
+    return (training_round.config or {}).get("objective", "refl")
+
+
+def dpo_curve_rows(training_round: TrainingRound) -> list[dict[str, object]]:
+    """Diffusion-DPO per recorded step: the training loss and batch implicit accuracy, and where it was
+    measured the loss and implicit reward accuracy on held-out pairs (share of pairs whose implicit
+    reward, relative to the frozen reference, prefers the experts' winner; ½ at step 0 by construction)."""
+    events = RoundEvent.objects.filter(training_round=training_round, kind=EventKind.METRIC, stage="dpo")
+    return [
+        {
+            "iteration": e.iteration,
+            "step": e.step,
+            "loss": e.data.get("loss"),
+            "implicit_acc": e.data.get("implicit_acc"),
+            "heldout_loss": e.data.get("val/loss"),
+            "heldout_implicit_acc": e.data.get("val/implicit_acc"),
+        }
+        for e in events.order_by("iteration", "step", "id")
+    ]

@@ -337,9 +337,63 @@ def _own_accuracy_line(category: Category, metrics: dict) -> str:
 # --- stage 2: feedback learning ----------------------------------------------------------------------
 
 
+def dpo_records(context: StageContext, categories: list[Category]) -> list:
+    """D_k's pairs of the round's categories, through the same pair export the reward stage writes."""
+    from training.ml.reward import read_pairs
+
+    records = []
+    for category in categories:
+        path = _workdir(context, "dpo-pairs") / f"{category.slug}.jsonl"
+        if write_training_pairs(category, context.iteration, path):
+            records += read_pairs(path)
+    return records
+
+
+def finetune_by_dpo(context: StageContext, config: RoundConfig, family: str, path: str):
+    """p_k → p_{k+1} by Diffusion-DPO on the experts' pairs: reads no reward model and no gate.
+
+    The reward stage before it still runs in a DPO round (its models place the new samples in the
+    insertion stage and report their own-sample accuracy), but nothing it produced is read here.
+    """
+    from training.ml.algorithm1.steps import dpo_pairs, finetune_dpo
+    from training.ml.reward import dataset_fingerprint
+
+    categories = _categories(context)
+    train, heldout = dpo_pairs(
+        config,
+        dpo_records(context, categories),
+        own_images(context.training_round, context.iteration, categories),
+        context.iteration,
+    )
+    decided_heldout = sum(r.label == 1.0 for r in heldout)
+    round_log(
+        round_id=context.training_round.pk,
+        message=(
+            f"Diffusion-DPO on {len(train)} expert pairs ({config.dpo.pair_source} pairs, β {config.dpo.beta:g}); "
+            + (
+                f"implicit reward accuracy measured on {decided_heldout} held-out pairs"
+                if decided_heldout
+                else "no held-out pairs (no val-split prompt ranked), so no implicit reward accuracy"
+            )
+        ),
+    )
+    result = finetune_dpo(
+        config,
+        family=family,
+        base_path=path,
+        chain=policy_chain(context.training_round, context.iteration),
+        pairs=train,
+        loader=storage_image_loader(),
+        output_dir=_workdir(context, "dpo"),
+        iteration=context.iteration,
+        heldout_pairs=heldout,
+        progress=context.progress_callback("Diffusion-DPO"),
+    )
+    return result, dataset_fingerprint(train)["sha256"]
+
+
 def stage_feedback_learning(context: StageContext) -> None:
     from training.ml.algorithm1.steps import (
-        checkpoint_config,
         finetune,
         pretrain_data,
         prompt_categories,
@@ -352,6 +406,11 @@ def stage_feedback_learning(context: StageContext) -> None:
     )
     if existing.exists():
         return
+    family, path = base_model(config)
+    if config.objective == "dpo":
+        result, dataset_hash = finetune_by_dpo(context, config, family, path)
+        _register_finetuned(context, config, family, path, result, dataset_hash)
+        return
     reward_rows = list(
         RewardModelCheckpoint.objects.filter(
             training_round=context.training_round, iteration=context.iteration
@@ -360,7 +419,6 @@ def stage_feedback_learning(context: StageContext) -> None:
     rewards = {row.category.slug: artifact_fetch_dir(row.file.name, row.sha256) for row in reward_rows}
     if not rewards:
         raise RuntimeError("no reward model checkpoints for this iteration")
-    family, path = base_model(config)
     categories = _categories(context)
     train_pool, validation_pool = prompt_pools(categories)
     prompts, validation = refl_prompts(config, train_pool, validation_pool)
@@ -387,10 +445,21 @@ def stage_feedback_learning(context: StageContext) -> None:
         progress=context.progress_callback("feedback learning"),
         reward_metrics={row.category.slug: row.metrics for row in reward_rows},
     )
+    dataset_hash = ",".join(sorted(str(p)[-12:] for p in rewards.values()))
+    _register_finetuned(context, config, family, path, result, dataset_hash)
+
+
+def _register_finetuned(
+    context: StageContext, config: RoundConfig, family: str, path: str, result, dataset_hash: str
+) -> None:
+    """p_{k+1}: its checkpoint and generator rows (files first), its curve, the round's outputs."""
+    from training.ml.algorithm1.steps import checkpoint_config
+
     info = result.checkpoint
     name, sha = artifact_store_dir(info.path, prefix="checkpoints/diffusion")
     base = context.training_round.base_generator
     base_name = base.name if base else ("World base" if family == "world" else Path(path).name)
+    method = "Diffusion-DPO" if config.objective == "dpo" else "ReFL"
     with transaction.atomic():
         generator, _ = Generator.objects.get_or_create(
             slug=slugify(f"{base_name}-round{context.training_round.pk}-it{context.iteration + 1}")[:80],
@@ -400,7 +469,7 @@ def stage_feedback_learning(context: StageContext) -> None:
                 "base_iteration": context.iteration + 1,
                 "joined_iteration": context.iteration + 1,
                 "weights_uri": name,
-                "description": f"ReFL fine-tuned from {base_name} in round {context.training_round.pk}.",
+                "description": f"{method} fine-tuned from {base_name} in round {context.training_round.pk}.",
             },
         )
         checkpoint, _ = DiffusionCheckpoint.objects.update_or_create(
@@ -413,10 +482,13 @@ def stage_feedback_learning(context: StageContext) -> None:
                 "metrics": _jsonable(info.metrics),
                 "generator": generator,
                 "code_version": code_version(),
-                "dataset_hash": ",".join(sorted(str(p)[-12:] for p in rewards.values())),
+                "dataset_hash": dataset_hash,
             },
         )
-    _record_guard_curve(context, info.metrics)
+    if config.objective == "dpo":
+        _record_dpo_curve(context, result.curve)
+    else:
+        _record_guard_curve(context, info.metrics)
     round_record_outputs(
         round_id=context.training_round.pk,
         iteration=context.iteration,
@@ -439,6 +511,29 @@ def _record_guard_curve(context: StageContext, metrics: dict) -> None:
                 step=int(entry["step"]),
                 data=_jsonable(entry),
             )
+
+
+DPO_CURVE_POINTS = 200
+
+
+def _record_dpo_curve(context: StageContext, curve: list[dict]) -> None:
+    """The DPO loss and the held-out implicit reward accuracy: every held-out evaluation, and the loss at
+    up to DPO_CURVE_POINTS evenly spaced steps (a long run would otherwise write a row per step)."""
+    from training.services import round_record_metric
+
+    last = max((int(e["step"]) for e in curve), default=0)
+    every = max(1, -(-last // DPO_CURVE_POINTS))
+    for entry in curve:
+        step = int(entry["step"])
+        if step % every and step != last and not any(k.startswith("val/") for k in entry):
+            continue
+        round_record_metric(
+            round_id=context.training_round.pk,
+            stage="dpo",
+            iteration=context.iteration,
+            step=step,
+            data=_jsonable(entry),
+        )
 
 
 # --- stage 3: sampling -------------------------------------------------------------------------------

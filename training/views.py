@@ -167,6 +167,8 @@ FIGURES = {
     "hacking-signal": selectors.guard_curve_rows,
     "iteration-scores": selectors.iteration_score_rows,
     "win-share": selectors.win_share_rows,
+    "dpo-loss": selectors.dpo_curve_rows,
+    "dpo-implicit-accuracy": selectors.dpo_curve_rows,
 }
 
 
@@ -191,13 +193,27 @@ def _figures(training_round: TrainingRound) -> list[dict[str, str]]:
             markers.append((stop["best_step"], f"kept (it {stop['iteration'] + 1}, {stop['stop_reason']})"))
     scores = selectors.iteration_score_rows(training_round)
     wins = selectors.win_share_rows(training_round)
+    reward_accuracy = {
+        "name": "reward-accuracy",
+        "svg": line_chart(
+            "Reward models: held-out pair accuracy", by_category, x_label="iteration", y_label="accuracy"
+        ),
+    }
+    win_share = {
+        "name": "win-share",
+        "svg": line_chart(
+            "Newest base model's share of first places in human rankings",
+            {"win share": [(r["iteration"], r["win_share"]) for r in wins if r["win_share"] is not None]},
+            x_label="iteration",
+            y_label="share",
+        ),
+    }
+    if selectors.round_objective(training_round) == "dpo":
+        # No reward is optimised, so there is no hacking signal or guard: the DPO loss and the implicit
+        # reward accuracy on held-out pairs show what fine-tuning learned.
+        return [*_dpo_figures(training_round), reward_accuracy, win_share]
     return [
-        {
-            "name": "reward-accuracy",
-            "svg": line_chart(
-                "Reward models: held-out pair accuracy", by_category, x_label="iteration", y_label="accuracy"
-            ),
-        },
+        reward_accuracy,
         {
             "name": "hacking-signal",
             "svg": line_chart(
@@ -224,13 +240,38 @@ def _figures(training_round: TrainingRound) -> list[dict[str, str]]:
                 y_label="score",
             ),
         },
+        win_share,
+    ]
+
+
+def _dpo_figures(training_round: TrainingRound) -> list[dict[str, str]]:
+    from training.charts import line_chart
+
+    rows = selectors.dpo_curve_rows(training_round)
+    loss: dict[str, list[tuple[float, float]]] = {}
+    accuracy: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        it = row["iteration"] + 1
+        if row["loss"] is not None:
+            loss.setdefault(f"training loss (it {it})", []).append((row["step"], row["loss"]))
+        if row["heldout_loss"] is not None:
+            loss.setdefault(f"held-out loss (it {it})", []).append((row["step"], row["heldout_loss"]))
+        if row["heldout_implicit_acc"] is not None:
+            accuracy.setdefault(f"held-out pairs (it {it})", []).append(
+                (row["step"], row["heldout_implicit_acc"])
+            )
+    return [
         {
-            "name": "win-share",
+            "name": "dpo-loss",
+            "svg": line_chart("Diffusion-DPO loss", loss, x_label="DPO step", y_label="loss"),
+        },
+        {
+            "name": "dpo-implicit-accuracy",
             "svg": line_chart(
-                "Newest base model's share of first places in human rankings",
-                {"win share": [(r["iteration"], r["win_share"]) for r in wins if r["win_share"] is not None]},
-                x_label="iteration",
-                y_label="share",
+                "Diffusion-DPO: implicit reward accuracy on held-out expert pairs",
+                accuracy,
+                x_label="DPO step",
+                y_label="accuracy",
             ),
         },
     ]

@@ -11,6 +11,7 @@ import torch
 
 from tests.ml.test_refl_world import SMALL, _one_thread  # noqa: F401
 from training.ml.algorithm1.config import (
+    DPOStageConfig,
     FeedbackStageConfig,
     PushBackConfig,
     RewardStageConfig,
@@ -65,9 +66,9 @@ def test_every_round_setting_is_read_by_the_code_that_trains():
         for path in ("training/ml/algorithm1/steps.py", "training/stages.py", "training/ml/loop.py")
     )
     unread = []
-    for section in (RewardStageConfig, FeedbackStageConfig, PushBackConfig, RoundConfig):
+    for section in (RewardStageConfig, FeedbackStageConfig, PushBackConfig, DPOStageConfig, RoundConfig):
         for field in dataclasses.fields(section):
-            if field.name in ("reward", "feedback", "push_back"):
+            if field.name in ("reward", "feedback", "push_back", "dpo"):
                 continue
             if not re.search(rf"\.{field.name}\b", sources):
                 unread.append(f"{section.__name__}.{field.name}")

@@ -14,6 +14,16 @@ ROOT = Path(__file__).resolve().parents[2]
 FIGURE = re.compile(r"^figure: (?P<name>[\w.]+)=(?P<value>\S+) (?P<unit>.+)$")
 
 EXPECTED = {
+    "gpu_dpo_sdxl.py": [
+        "dpo_trainable_params_full",
+        "dpo_encode_pairs_full_32px_b2pairs",
+        "dpo_step_full_32px_b2pairs",
+        "dpo_peak_mem_full_32px_b2pairs",
+        "dpo_trainable_params_lora4",
+        "dpo_encode_pairs_lora4_32px_b2pairs",
+        "dpo_step_lora4_32px_b2pairs",
+        "dpo_peak_mem_lora4_32px_b2pairs",
+    ],
     "gpu_refl_sdxl.py": [
         "refl_trainable_params_full",
         "refl_step_full_32px_b2",
@@ -60,6 +70,13 @@ def test_tiny_mode_prints_every_figure(script: str) -> None:
         if "peak_mem" not in name:  # no CUDA here: peak memory is "n/a"
             assert float(value) >= 0, name
     assert result.stdout.startswith("# device: cpu")
+    if script == "gpu_dpo_sdxl.py":
+        # LoRA trains a small fraction of what full fine-tuning trains, on the same UNet.
+        assert (
+            0
+            < float(figures["dpo_trainable_params_lora4"][0])
+            < float(figures["dpo_trainable_params_full"][0])
+        )
     if script == "gpu_refl_sdxl.py":
         # Same components, scheduler and noise: the project's sampler reproduces the diffusers pipeline.
         assert float(figures["sample_max_abs_image_diff"][0]) < 1e-5

@@ -95,7 +95,9 @@ def _redraw(config: RoundConfig, policy, groups, iteration: int) -> list[str]:
 
 
 @celery_round
-@pytest.mark.parametrize("lora", ["on", ""], ids=["lora", "full"])
+@pytest.mark.parametrize(
+    ("lora", "objective"), [("on", "refl"), ("", "refl"), ("on", "dpo")], ids=["lora", "full", "dpo-lora"]
+)
 def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
     celery_worker_process,
     client,
@@ -105,14 +107,16 @@ def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
     same_threads_as_the_worker,
     tmp_path,
     lora,
+    objective,
 ):
     from training.ml.algorithm1.steps import load_policy
     from training.ml.loop import run_iteration
     from training.ml.reward.data import FolderImageLoader, read_pairs
-    from training.stages import base_model, prompt_pools, write_training_pairs
+    from training.stages import base_model, own_images, prompt_pools, write_training_pairs
 
     client.force_login(make_user("admin"))
-    training_round = _start_round(client, lora=lora, share_of_prompts=0.0)
+    dpo = {"objective": "dpo", "dpo_beta": 500} if objective == "dpo" else {}
+    training_round = _start_round(client, lora=lora, share_of_prompts=0.0, **dpo)
     training_round = _wait_status(
         wait_for, training_round.pk, {RoundStatus.AWAITING_RANKING, RoundStatus.DONE}
     )
@@ -135,6 +139,7 @@ def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
         train_prompts=train_pool,
         validation_prompts=validation_pool,
         output_dir=tmp_path / "loop",
+        own_images=own_images(training_round, 0, [spatial]),
     )
 
     app_reward = RewardModelCheckpoint.objects.get(
@@ -154,8 +159,14 @@ def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
         _jsonable(loop.finetuned.checkpoint.metrics)
     )
     assert app_refl.config["train_mode"] == ("lora" if lora else "full")
-    assert app_refl.config["refl"]["pretrain_loss_weight"] == config.feedback.pretrain_loss_weight == 1.0
-    assert loop.finetuned.checkpoint.metrics["last"]["loss_pretrain"] > 0
+    if objective == "dpo":
+        # The same Diffusion-DPO run: its loss curve and held-out implicit accuracy as the page draws them.
+        assert app_refl.metrics["objective"] == "dpo" and app_refl.config["dpo"]["beta"] == 500
+        recorded = training_round.events.filter(kind="metric", stage="dpo").order_by("step", "id")
+        assert [e.data for e in recorded] == _jsonable(loop.finetuned.curve)
+    else:
+        assert app_refl.config["refl"]["pretrain_loss_weight"] == config.feedback.pretrain_loss_weight == 1.0
+        assert loop.finetuned.checkpoint.metrics["last"]["loss_pretrain"] > 0
 
     # And the new samples: p_1 = base + the loop's checkpoint draws exactly what the worker stored.
     sampled = training_round.outputs["0"]["sampled_prompts"]

@@ -79,18 +79,34 @@ def _checkpoint_files_are_whole() -> None:
         assert digest.hexdigest() == row.sha256
 
 
+@pytest.mark.parametrize("objective", ["refl", "dpo"])
 def test_an_admin_round_trains_samples_pushes_back_and_exports_pairs_of_both_sources_once_each(
-    celery_worker_process, client, make_user, wait_for, ranked_world
+    celery_worker_process, client, make_user, wait_for, ranked_world, objective
 ):
     client.force_login(make_user("admin"))
-    training_round = _start_round(client)
+    # DPO: β sized for two steps of a tiny LoRA; every expert pair trains but a held-out third of prompts.
+    dpo = {"objective": "dpo", "dpo_beta": 500} if objective == "dpo" else {}
+    training_round = _start_round(client, **dpo)
     training_round = _wait_status(wait_for, training_round.pk, {RoundStatus.AWAITING_RANKING})
+    assert training_round.config["objective"] == objective
 
     outputs = training_round.outputs["0"]
+    # A DPO round trains the reward models too (they place the new samples below), but does not read them.
     assert RewardModelCheckpoint.objects.filter(
         training_round=training_round, category__slug="spatial"
     ).exists()
     checkpoint = DiffusionCheckpoint.objects.get(training_round=training_round, iteration=0)
+    if objective == "dpo":
+        assert checkpoint.metrics["objective"] == "dpo" and checkpoint.metrics["steps"] == 2
+        assert checkpoint.config["dpo"]["beta"] == 500 and checkpoint.metrics["pairs"] > 0
+        curve = list(training_round.events.filter(kind="metric", stage="dpo").order_by("step"))
+        assert [e.step for e in curve][-1] == 2 and all("loss" in e.data for e in curve if e.step)
+        page = client.get(f"/training/rounds/{training_round.pk}/").content.decode()
+        assert "Diffusion-DPO loss" in page and 'data-objective="dpo"' in page
+        # The round's log says what DPO trained on.
+        assert training_round.events.filter(message__startswith="Diffusion-DPO on").exists()
+    else:
+        assert "refl" in checkpoint.config and "dpo" not in checkpoint.config
     new_generator = Generator.objects.get(pk=outputs["generator"])
     assert new_generator.kind == "base" and new_generator.base_iteration == 1
     samples = Image.objects.filter(generator=new_generator)

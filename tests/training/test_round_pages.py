@@ -190,3 +190,102 @@ def test_round_page_shows_the_gate_own_sample_accuracy_of_each_reward_model(clie
     page = client.get(f"/training/rounds/{r.pk}/").content.decode()
     assert "own samples" in page and "0.550 [0.470, 0.630] · 96 pairs" in page
     assert "not above chance" in page
+
+
+def test_an_admin_chooses_diffusion_dpo_and_its_settings_in_the_form(client, make_user):
+    client.force_login(make_user("admin"))
+    page = client.get("/training/rounds/new/").content.decode()
+    assert "Diffusion-DPO" in page and 'name="objective"' in page and 'name="dpo_pair_source"' in page
+    response = client.post(
+        "/training/rounds/new/",
+        _form(
+            objective="dpo",
+            dpo_beta="2500",
+            dpo_pair_source="own",
+            dpo_ties="down_weight",
+            dpo_pair_weights="on",
+        ),
+    )
+    assert response.status_code == 302
+    config = TrainingRound.objects.get().config
+    assert config["objective"] == "dpo"
+    chosen = {k: config["dpo"][k] for k in ("beta", "pair_source", "ties", "pair_weights")}
+    assert chosen == {"beta": 2500.0, "pair_source": "own", "ties": "down_weight", "pair_weights": True}
+    assert "Diffusion-DPO" in client.get(response["Location"]).content.decode()
+
+
+def test_a_form_without_the_objective_starts_a_refl_round_and_a_bad_dpo_setting_is_refused(client, make_user):
+    client.force_login(make_user("admin"))
+    assert client.post("/training/rounds/new/", _form()).status_code == 302
+    assert TrainingRound.objects.get().config["objective"] == "refl"
+    TrainingRound.objects.all().delete()
+    response = client.post("/training/rounds/new/", _form(objective="dpo", dpo_beta="-1"))
+    assert response.status_code == 400 and b"DPO beta must be positive" in response.content
+    response = client.post("/training/rounds/new/", _form(objective="ppo"))
+    assert response.status_code == 400 and not TrainingRound.objects.exists()
+
+
+def _dpo_round_with_results(admin) -> TrainingRound:
+    import hashlib
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from training.models import DiffusionCheckpoint
+    from training.services import round_record_metric
+
+    r = round_create(
+        created_by=admin,
+        categories=list(Category.objects.filter(slug="spatial")),
+        base_generator=None,
+        iterations=1,
+        config={"base_model": "synthetic-world", "objective": "dpo"},
+    )
+    data = b"dpo checkpoint tar bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    DiffusionCheckpoint.objects.create(
+        training_round=r,
+        iteration=0,
+        file=default_storage.save(f"checkpoints/diffusion/{sha}.tar", ContentFile(data)),
+        sha256=sha,
+        metrics={
+            "objective": "dpo",
+            "steps": 20,
+            "stop_reason": None,
+            "pairs": 120,
+            "heldout_pairs": 30,
+            "heldout_implicit_acc": 0.6333,
+        },
+    )
+    curve = [
+        {"step": 0, "val/implicit_acc": 0.5, "val/loss": 0.6931},
+        {"step": 10, "loss": 0.69, "implicit_acc": 0.5, "val/implicit_acc": 0.6, "val/loss": 0.68},
+        {"step": 20, "loss": 0.61, "implicit_acc": 0.75, "val/implicit_acc": 0.6333, "val/loss": 0.66},
+    ]
+    for entry in curve:
+        round_record_metric(round_id=r.pk, stage="dpo", iteration=0, step=entry["step"], data=entry)
+    return r
+
+
+def test_a_dpo_rounds_page_draws_its_loss_and_held_out_implicit_accuracy_instead_of_the_refl_guard(
+    client, make_user
+):
+    r = _dpo_round_with_results(make_user("admin"))
+    client.force_login(make_user("researcher"))
+    page = client.get(f"/training/rounds/{r.pk}/").content.decode()
+    assert "Diffusion-DPO loss" in page and "implicit reward accuracy on held-out expert pairs" in page
+    assert "Reward hacking signal" not in page
+    assert 'data-objective="dpo"' in page and "120 expert pairs" in page and "0.633 · 30 pairs" in page
+    rows = client.get(f"/training/rounds/{r.pk}/figures/dpo-implicit-accuracy.json").json()["rows"]
+    assert [(row["step"], row["heldout_implicit_acc"]) for row in rows] == [(0, 0.5), (10, 0.6), (20, 0.6333)]
+    assert [row["loss"] for row in rows] == [None, 0.69, 0.61]
+    csv_text = client.get(f"/training/rounds/{r.pk}/figures/dpo-loss.csv").content.decode()
+    assert csv_text.splitlines()[0] == "iteration,step,loss,implicit_acc,heldout_loss,heldout_implicit_acc"
+    # A ReFL round keeps its own figures and draws none of DPO's (one live round per category: the
+    # DPO round is cancelled first).
+    from training.services import round_cancel
+
+    round_cancel(round_id=r.pk)
+    refl, _ = _round_with_results(make_user("admin"))
+    page = client.get(f"/training/rounds/{refl.pk}/").content.decode()
+    assert "Reward hacking signal" in page and "Diffusion-DPO loss" not in page

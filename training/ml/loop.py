@@ -50,8 +50,10 @@ from training.ml.algorithm1.gate import GateClosed
 from training.ml.algorithm1.steps import (
     FinetuneResult,
     choose_prompts,
+    dpo_pairs,
     expansion_prompts,
     finetune,
+    finetune_dpo,
     hash_rank,
     insert_samples,
     load_policy,
@@ -250,11 +252,17 @@ class RankedData:
         return torch.stack([loader(self.images[i].path, self.images[i].sha256) for i in image_ids])
 
     def records(self) -> list[PairRecord]:
-        """All C(n, 2) pairs of every ranking (ties half-labelled), newest image's iteration as the pair's."""
+        """All C(n, 2) pairs of every ranking (ties half-labelled), newest image's iteration as the pair's.
+
+        A pair is human-source when the panel ranked both its images (``human``), as in the app, where a
+        pushed task's ranking makes every pair of its prompt an expert pair; model-source when a reward
+        score placed one of them (provisional insertion)."""
         records = []
         for entry in self.prompts:
+            ranked_by_panel = set(entry.human)
             for pair in pairs_from_ordering(entry.ordering, ties="half"):
                 winner, loser = self.images[pair.winner], self.images[pair.loser]
+                by_panel = pair.winner in ranked_by_panel and pair.loser in ranked_by_panel
                 records.append(
                     PairRecord(
                         pair_id=len(records),
@@ -264,7 +272,7 @@ class RankedData:
                         subcategory=entry.subcategory,
                         split=None,
                         label=pair.label,
-                        source="model" if "model" in (winner.source, loser.source) else "human",
+                        source="human" if by_panel else "model",
                         iteration=max(winner.iteration, loser.iteration),
                         **{
                             f"{side}_{field}": getattr(image, field)
@@ -398,10 +406,12 @@ def run_iteration(
     own_images: set[int] | None = None,
     encoder_path: str | None = None,
 ) -> IterationResult:
-    """Reward models R_k on D_k, then p_k → p_{k+1} by ReFL: the stages the app runs as two Celery tasks.
+    """Reward models R_k on D_k, then p_k → p_{k+1} by the round's objective: the stages the app runs as
+    two Celery tasks.
 
-    The world's oracle is the guard's held-out evaluator (it scores validation prompts to choose the
-    checkpoint; it is never optimised).
+    ReFL: the world's oracle is the guard's held-out evaluator (it scores validation prompts to choose the
+    checkpoint; it is never optimised). Diffusion-DPO (``objective = "dpo"``): on the experts' pairs of
+    D_k chosen by ``dpo.pair_source`` (``own_images``: p_k's samples), with no reward model and no gate.
     """
     rewards = {
         category: train_reward(
@@ -417,6 +427,24 @@ def run_iteration(
         )
         for category in categories
     }
+    if round_config.objective == "dpo":
+        # Diffusion-DPO learns from the experts' pairs alone; the reward models above still place the
+        # new samples (``expand``) and report their accuracy, but nothing here reads them.
+        mine = [r for r in records if r.category in categories]
+        train, heldout = dpo_pairs(round_config, mine, own_images or set(), iteration)
+        finetuned = finetune_dpo(
+            round_config,
+            family="world",
+            base_path=base_path,
+            chain=chain,
+            pairs=train,
+            loader=image_loader,
+            output_dir=output_dir / "dpo",
+            iteration=iteration,
+            heldout_pairs=heldout,
+            progress=_stage(progress, f"iter{iteration}/dpo"),
+        )
+        return IterationResult(rewards, finetuned)
     prompts, validation = refl_prompts(round_config, train_prompts, validation_prompts)
     try:
         finetuned = finetune(
@@ -534,6 +562,9 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
         it_dir.mkdir(exist_ok=True)
         # D_k: the rankings so far plus this iteration's groups of p_k's own samples.
         own = rank_own_samples(config, data, world_policy(config, chain), k, progress)
+        # p_k's samples also include those ``expand`` drew in the previous iteration (as the app's
+        # own_images: every image of p_k's generator).
+        own |= {image.id for image in data.images if image.source == "model" and image.iteration == k}
         before = data.counts()
         data.save(it_dir / "pairs.jsonl")
         train_pool: dict[str, list[str]] = {}
@@ -565,6 +596,7 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
             "dataset_before": before,
             "dataset_after": data.counts(),
             "rewards": {c: _reward_summary(i.metrics) for c, i in result.rewards.items()},
+            "objective": config.round.objective,
             "refl": _refl_summary(result),
             "refl_curve": result.finetuned.curve if result.finetuned is not None else [],
             "expansion": expansion,
@@ -643,6 +675,10 @@ ROUND_FLAGS: dict[str, tuple[str | None, str]] = {
     "own_group_size": (None, "own_group_size"),
     "gate": ("feedback", "gate"),
     "seed": ("", "seed"),
+    "objective": ("", "objective"),
+    "dpo_beta": ("dpo", "beta"),
+    "dpo_pair_source": ("dpo", "pair_source"),
+    "dpo_ties": ("dpo", "ties"),
     "reward_hidden": ("reward", "hidden_size"),
     "reward_layers": ("reward", "layers"),
     "reward_epochs": ("reward", "epochs"),
@@ -699,6 +735,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of expanded groups the panel re-ranks after the provisional reward-score insertion",
     )
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--objective", choices=("refl", "dpo"), help="fine-tuning objective: ReFL or Diffusion-DPO"
+    )
+    parser.add_argument("--dpo-beta", type=float, help="Diffusion-DPO beta (objective dpo)")
+    parser.add_argument(
+        "--dpo-pair-source", choices=("own", "gallery", "both"), help="which expert pairs train DPO"
+    )
+    parser.add_argument("--dpo-ties", choices=("skip", "down_weight"), help="expert ties in DPO")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared box)")
     return parser
 

@@ -1,14 +1,16 @@
 """The one configuration of an Algorithm 1 round (Django-free, torch-free: the web form builds it).
 
 The app's round form fills it, ``python -m training.ml.loop`` and ``bench/refl_loop.py`` build it from
-flags, and :mod:`training.ml.algorithm1.steps` turns it into the reward-training and ReFL configs in one
-place. Validated on construction; stored as JSON on the round and inside every checkpoint it produces.
+flags, and :mod:`training.ml.algorithm1.steps` turns it into the reward-training, ReFL and Diffusion-DPO
+configs in one place. ``objective`` picks how p_k becomes p_{k+1}: ``"refl"`` (reward feedback learning
+on the reward models) or ``"dpo"`` (Diffusion-DPO straight from the experts' pairs, no reward model). Validated on construction; stored as JSON on the round and inside every checkpoint it produces.
 Every field is read by a step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,17 +150,53 @@ class PushBackConfig:
         _check(1 <= self.prompts_per_category <= 100_000, "prompts per category must be positive")
 
 
+OBJECTIVES = ("refl", "dpo")
+DPO_PAIR_SOURCES = ("own", "gallery", "both")
+
+
+@dataclass(frozen=True)
+class DPOStageConfig:
+    """Diffusion-DPO's own settings; steps, learning rate, batch (pairs), weight decay and LoRA come from
+    the ``feedback`` section, so ReFL and DPO rounds spend the same fine-tuning budget."""
+
+    # The authors' beta_dpo (β·T folded into one number; 5000 in their SD1.5/SDXL runs).
+    beta: float = 5000.0
+    # Which expert-ranked (human-source) pairs train: "own" — pairs with at least one of the current
+    # model's (p_k's) samples, i.e. the push-back rankings (online DPO); "gallery" — pairs of the other
+    # images only; "both". Model-source pairs (a reward model's provisional placement) never train DPO.
+    pair_source: str = "both"
+    # Expert ties: "skip", or "down_weight" (soft label ½ times tie_weight).
+    ties: str = "skip"
+    tie_weight: float = 0.5
+    # Multiply each pair's loss by its stored weight (the share of experts who agree with its order).
+    pair_weights: bool = False
+    # Share of the prompts without a split (the loop's) whose pairs are held out to measure the implicit
+    # reward accuracy; in the app every prompt has one: val-split pairs are held out, test-split never used.
+    heldout_share: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.beta) and self.beta > 0, "DPO beta must be positive")
+        _check(self.pair_source in DPO_PAIR_SOURCES, "DPO pair source must be 'own', 'gallery' or 'both'")
+        _check(self.ties in ("skip", "down_weight"), "DPO ties must be 'skip' or 'down_weight'")
+        _check(0 < self.tie_weight <= 1, "DPO tie weight must be in (0, 1]")
+        _check(0 <= self.heldout_share < 1, "DPO held-out share must be in [0, 1)")
+
+
 @dataclass(frozen=True)
 class RoundConfig:
     base_model: str = SYNTHETIC_BASE
     seed: int = 0
+    # How p_k becomes p_{k+1}: "refl" (reward feedback learning) or "dpo" (Diffusion-DPO on the pairs).
+    objective: str = "refl"
     reward: RewardStageConfig = field(default_factory=RewardStageConfig)
     feedback: FeedbackStageConfig = field(default_factory=FeedbackStageConfig)
     push_back: PushBackConfig = field(default_factory=PushBackConfig)
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.base_model), "name a base model: a local diffusers folder or the synthetic world")
         _check(0 <= self.seed < 2**31, "seed must be a non-negative 31-bit integer")
+        _check(self.objective in OBJECTIVES, "objective must be 'refl' (ReFL) or 'dpo' (Diffusion-DPO)")
 
     @property
     def is_synthetic(self) -> bool:
@@ -175,9 +213,12 @@ class RoundConfig:
         return cls(
             base_model=data.get("base_model", SYNTHETIC_BASE),
             seed=data.get("seed", 0),
+            # Rounds stored before the objective existed were ReFL rounds.
+            objective=data.get("objective", "refl"),
             reward=_sub(RewardStageConfig, data.get("reward", {}), "reward"),
             feedback=_sub(FeedbackStageConfig, data.get("feedback", {}), "feedback"),
             push_back=_sub(PushBackConfig, data.get("push_back", {}), "push_back"),
+            dpo=_sub(DPOStageConfig, data.get("dpo", {}), "dpo"),
         )
 
 

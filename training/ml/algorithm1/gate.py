@@ -65,17 +65,21 @@ def pair_accuracy(
 def split_own_pairs(
     records: Sequence[PairRecord], own_images: set[int], share: float, salt: str
 ) -> tuple[list[PairRecord], list[PairRecord]]:
-    """(training records, gate records): pairs of two of the current model's images on a hash-chosen
-    ``share`` of the prompts that have any are held out for the gate; everything else trains."""
-    own_prompts = sorted(
-        {r.prompt_id for r in records if r.winner_id in own_images and r.loser_id in own_images}
-    )
+    """(training records, gate records): expert-ranked pairs of two of the current model's images on a
+    hash-chosen ``share`` of the prompts that have any are held out for the gate; everything else trains.
+
+    Model-source pairs never measure the gate: they are an earlier reward model's placement of new
+    samples (two samples of p_k inserted by reward score), not the experts' judgement."""
+
+    def own(r: PairRecord) -> bool:
+        return r.source == "human" and r.winner_id in own_images and r.loser_id in own_images
+
+    own_prompts = sorted({r.prompt_id for r in records if own(r)})
     ranked = sorted(own_prompts, key=lambda p: hashlib.sha256(f"{salt}:{p}".encode()).hexdigest())
     held = set(ranked[: round(share * len(ranked))])
     train, gate = [], []
     for r in records:
-        own = r.winner_id in own_images and r.loser_id in own_images
-        (gate if own and r.prompt_id in held else train).append(r)
+        (gate if own(r) and r.prompt_id in held else train).append(r)
     return train, gate
 
 

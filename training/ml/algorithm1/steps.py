@@ -8,6 +8,8 @@ what is trained and how is decided here, once:
 - ``reward_train_config`` / ``refl_config``: the round configuration → the ML cores' configs;
 - ``train_reward``: one category's reward model on D_k's pairs;
 - ``finetune``: p_k → p_{k+1} by multi-reward ReFL (pretraining loss, hacking guard);
+- ``dpo_pairs`` / ``finetune_dpo``: p_k → p_{k+1} by Diffusion-DPO on the experts' pairs (the round's
+  ``objective``), against p_k as the frozen reference;
 - ``load_policy``: p_k = the base model with every earlier iteration's checkpoint applied in order
   (LoRA adapters merged into the UNet after each, so LoRA and full fine-tuning chain the same way);
 - ``sample_groups``: new samples of p_{k+1} on noise fixed by (seed, prompt id, sample index, iteration);
@@ -17,6 +19,7 @@ what is trained and how is decided here, once:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,7 +33,7 @@ import torch
 from rankmath.pairs import insert_by_score
 from training.ml.algorithm1.config import RoundConfig
 from training.ml.algorithm1.gate import GateClosed, PairAccuracy, gate_reason, pair_accuracy, split_own_pairs
-from training.ml.common import CheckpointInfo, ProgressCallback
+from training.ml.common import CheckpointError, CheckpointInfo, ProgressCallback
 from training.ml.dpo.config import DPOConfig
 from training.ml.dpo.trainer import CHECKPOINT_KIND as DPO_CHECKPOINT_KIND
 from training.ml.dpo.trainer import DPOTrainer
@@ -515,19 +518,65 @@ def checkpoint_config(path: str | Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ Diffusion-DPO
 
 
-def dpo_config(config: RoundConfig, iteration: int, beta: float = 5000.0) -> DPOConfig:
-    """Diffusion-DPO for p_k → p_{k+1} with the round's fine-tuning budget (steps, batch, lr, LoRA)."""
-    fb = config.feedback
+def dpo_config(config: RoundConfig, iteration: int) -> DPOConfig:
+    """Diffusion-DPO for p_k → p_{k+1}: the round's DPO settings (β, ties, pair weights) with its
+    fine-tuning budget (steps, batch of pairs, learning rate, weight decay, LoRA)."""
+    fb, dpo = config.feedback, config.dpo
     return DPOConfig(
-        beta=beta,
+        beta=dpo.beta,
         batch_size=fb.batch_size,
         max_steps=fb.steps,
         learning_rate=fb.learning_rate,
         weight_decay=fb.weight_decay,
+        ties=dpo.ties,  # type: ignore[arg-type]
+        tie_weight=dpo.tie_weight,
+        use_pair_weights=dpo.pair_weights,
         train_mode="lora" if fb.lora else "full",
         lora=LoRASettings(rank=fb.lora_rank),
         seed=config.seed + iteration,
     )
+
+
+class NoDPOPairs(ValueError):
+    """The round's pair source holds no pair Diffusion-DPO could train on."""
+
+
+def dpo_pairs(
+    config: RoundConfig, records: Sequence[PairRecord], own_images: set[int], iteration: int
+) -> tuple[list[PairRecord], list[PairRecord]]:
+    """(training pairs, held-out pairs) of D_k for Diffusion-DPO, chosen by ``dpo.pair_source``.
+
+    Only expert-ranked (human-source) pairs: model-source pairs are a reward model's provisional
+    placement of new samples, and DPO exists to learn without one. ``own`` keeps the pairs with at least
+    one of p_k's samples (``own_images``): a push-back task holds at most two new samples among the
+    gallery's images, so requiring both would leave at most one pair per prompt. ``gallery`` keeps the
+    others, ``both`` all.
+
+    Held out (for the implicit reward accuracy, never trained on): pairs of val-split prompts, and of a
+    hash-chosen ``dpo.heldout_share`` of the prompts without a split (the loop's; chosen by prompt text,
+    so one text's groups stay together); test-split prompts are left out entirely (a benchmark's).
+    """
+    source = config.dpo.pair_source
+    chosen = []
+    for r in records:
+        if r.source != "human" or r.split == "test":
+            continue
+        touches_own = r.winner_id in own_images or r.loser_id in own_images
+        if source == "both" or (source == "own") == touches_own:
+            chosen.append(r)
+    unsplit = sorted({r.prompt for r in chosen if r.split is None})
+    # At least one prompt stays for training whatever the share.
+    count = min(round(config.dpo.heldout_share * len(unsplit)), max(0, len(unsplit) - 1))
+    held = set(hash_rank(unsplit, f"dpo-heldout-{config.seed}-{iteration}")[:count])
+    train = [r for r in chosen if r.split != "val" and r.prompt not in held]
+    heldout = [r for r in chosen if r.split == "val" or r.prompt in held]
+    if not any(r.label == 1.0 or config.dpo.ties == "down_weight" for r in train):
+        raise NoDPOPairs(
+            f"no expert-ranked pairs to train Diffusion-DPO on (pair source {source!r}: "
+            f"{len(chosen)} pairs, {len(heldout)} of them held out)"
+            + ("; 'own' needs push-back rankings of the current model's samples" if source == "own" else "")
+        )
+    return train, heldout
 
 
 def finetune_dpo(
@@ -542,22 +591,31 @@ def finetune_dpo(
     iteration: int,
     heldout_pairs: Sequence[PairRecord] = (),
     dpo: DPOConfig | None = None,
-    eval_every: int = 0,
+    eval_every: int | None = None,
     progress: ProgressCallback | None = None,
+    resume: bool = True,
 ) -> FinetuneResult:
     """p_k → p_{k+1} by Diffusion-DPO on ``pairs`` from p_k (base + ``chain``), against p_k as reference.
 
     No reward model and no gate: the pairs are the training signal. ``heldout_pairs`` (decided pairs
-    not trained on) give the implicit reward accuracy at step 0, every ``eval_every`` steps and at the
+    not trained on) give the implicit reward accuracy at step 0, every ``eval_every`` steps (default:
+    the round's held-out evaluation interval, ``feedback.guard_every``; 0: only at the ends) and at the
     end; the curve holds the DPO loss and batch accuracy per step. The checkpoint chains through
-    ``load_policy`` like a ReFL one.
+    ``load_policy`` like a ReFL one. With ``resume``, a run that an earlier attempt left in
+    ``output_dir/last`` (a cancelled or lost stage) continues from there.
     """
     settings = dpo if dpo is not None else dpo_config(config, iteration)
+    if eval_every is None:
+        eval_every = config.feedback.guard_every
     output_dir = Path(output_dir)
     trainer = DPOTrainer(
         load_policy(family, base_path, chain), settings, pairs, loader, output_dir=output_dir
     )
     heldout = [p for p in heldout_pairs if p.label == 1.0]
+    if resume and (output_dir / "last").is_dir():
+        # A previous attempt on other pairs (more were ranked since) is refused: this run starts afresh.
+        with contextlib.suppress(CheckpointError):
+            trainer.load(output_dir / "last")
     curve: list[dict[str, float]] = []
 
     def held_out() -> dict[str, float]:
@@ -565,7 +623,7 @@ def finetune_dpo(
         return {f"val/{k}": v for k, v in scores.items()}
 
     if heldout:
-        curve.append({"step": 0, **held_out()})
+        curve.append({"step": trainer.step, **held_out()})  # 0, or where a resumed run continues
 
     def record(step: int, total: int, metrics: Mapping[str, float]) -> bool | None:
         keep = {k: float(metrics[k]) for k in ("loss", "implicit_acc") if k in metrics}
@@ -582,10 +640,15 @@ def finetune_dpo(
         curve.append({"step": summary.steps, **held_out()})
     assert summary.checkpoint is not None
     metrics = {
+        "objective": "dpo",
         "steps": summary.steps,
+        "stop_reason": summary.stop_reason,
         "pairs": len(trainer.pairs),
+        "heldout_pairs": len(heldout),
         "last": summary.last_metrics,
         "heldout": {k: v for k, v in curve[-1].items() if k.startswith("val/")} if heldout else {},
+        # The final held-out implicit reward accuracy under a plain name (pages cannot read "val/...").
+        "heldout_implicit_acc": curve[-1].get("val/implicit_acc") if heldout else None,
     }
     info = CheckpointInfo(
         path=summary.checkpoint,
@@ -604,7 +667,9 @@ __all__ = [
     "own_sample_accuracy",
     "choose_prompts",
     "expansion_prompts",
+    "NoDPOPairs",
     "dpo_config",
+    "dpo_pairs",
     "finetune",
     "finetune_dpo",
     "hash_rank",
