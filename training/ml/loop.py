@@ -628,7 +628,9 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
 
 def _reward_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("val_accuracy", "best_step", "steps", "train_prompts", "own_accuracy", "own_accuracy_ci_low")
-    return {key: metrics.get(key) for key in (*keys, "own_accuracy_ci_high", "own_pairs", "normalization_source")}
+    return {
+        key: metrics.get(key) for key in (*keys, "own_accuracy_ci_high", "own_pairs", "normalization_source")
+    }
 
 
 def _refl_summary(result: IterationResult) -> dict[str, Any]:
