@@ -260,6 +260,8 @@ def selection_curves(category_ids: list[int] | None = None) -> list[dict[str, ob
     by_category: dict[int, dict[str, list[dict[str, object]]]] = {}
     for row in rows:
         metrics = row.metrics
+        if metrics.get("own_accuracy") is None or metrics.get("rankings_spent") is None:
+            continue  # JSON null passes the isnull filter above: no own-sample pairs were measured
         by_category.setdefault(row.category_id, {}).setdefault(
             metrics.get("selection_policy", "random"), []
         ).append(

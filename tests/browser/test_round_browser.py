@@ -129,7 +129,8 @@ def test_the_round_page_shows_a_checkpoint_row_without_reload_once_the_stage_rec
     assert "val acc 0.813 · test acc —" in row.inner_text()
     assert "No checkpoints yet" not in page.inner_text("#round-results")
     # The accuracy chart was redrawn with the new point, in the same document (no reload).
-    assert "spatial" in page.locator("#round-results figure").first.inner_text()
+    accuracy_chart = page.locator("#round-results figure", has_text="Reward models: held-out pair accuracy")
+    assert "spatial" in accuracy_chart.inner_text()
     assert page.evaluate("window.__sameDocument") is True
     assert "None" not in page.inner_text("main")
     for width in (1400, 1024):

@@ -69,6 +69,9 @@ def _weights_digest(directory: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
+SELECTION_CONTEXT_KEYS = ("rankings_spent", "selection_policy", "selection_random_share")
+
+
 def _without_timings(value):
     if isinstance(value, dict):
         return {k: _without_timings(v) for k, v in value.items() if "seconds" not in k}
@@ -148,9 +151,9 @@ def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
     assert _weights_digest(artifact_fetch_dir(app_reward.file.name, app_reward.sha256)) == _weights_digest(
         loop.rewards["spatial"].path
     )
-    assert _without_timings(app_reward.metrics) == _without_timings(
-        _jsonable(loop.rewards["spatial"].metrics)
-    )
+    # The app also records which task-selection policy chose the rankings (bookkeeping the loop has not).
+    app_metrics = {k: v for k, v in app_reward.metrics.items() if k not in SELECTION_CONTEXT_KEYS}
+    assert _without_timings(app_metrics) == _without_timings(_jsonable(loop.rewards["spatial"].metrics))
 
     app_refl = DiffusionCheckpoint.objects.get(training_round=training_round, iteration=0)
     app_dir = artifact_fetch_dir(app_refl.file.name, app_refl.sha256)
