@@ -38,7 +38,7 @@ from scipy import ndimage
 from torch import nn
 
 from .degrade import DegradeConfig, degrade_array
-from .errors import ERRORS_FOR, OPPOSITE, planned_scene
+from .errors import ERRORS_FOR, OPPOSITE, _other, planned_scene
 from .facts import truth_score
 from .grammar import PromptSpec, all_prompt_specs, is_held_out
 from .layout import LayoutError
@@ -110,11 +110,6 @@ def encoder_prompt_specs(held_out: bool) -> dict[str, list[PromptSpec]]:
         sub: [spec for spec in all_prompt_specs(sub) if is_held_out(spec.text) == held_out]
         for sub in SUBCATEGORIES
     }
-
-
-def _other(values: list[str], exclude: set[str | None], rng: np.random.Generator) -> str:
-    choices = [v for v in values if v not in exclude]
-    return choices[int(rng.integers(len(choices)))]
 
 
 def hard_negative(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
@@ -317,15 +312,21 @@ def _tokenize(tokenizer, captions: list[str], first: str) -> tuple[torch.Tensor,
     return ids, enc["attention_mask"]
 
 
+def _match(
+    blip, tokenizer, images: torch.Tensor, captions: list[str], config: EncoderConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image tokens [B, T, D] and ITM logits [B, 2]: BLIP's [ENC] text cross-attending to the image."""
+    image_embeds = blip.vision_model(pixel_values=_pixel_values(images, config.image_size)).last_hidden_state
+    ids, mask = _tokenize(tokenizer, captions, "enc")
+    fused = blip.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds)
+    return image_embeds, blip.itm_head(fused.last_hidden_state[:, 0, :])
+
+
 def losses(
     blip, dense: DenseHead, tokenizer, batch, config: EncoderConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
     images, captions, match, labels, _ = batch
-    pixel_values = _pixel_values(images, config.image_size)
-    image_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
-    ids, mask = _tokenize(tokenizer, captions, "enc")
-    fused = blip.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds)
-    itm_logits = blip.itm_head(fused.last_hidden_state[:, 0, :])
+    image_embeds, itm_logits = _match(blip, tokenizer, images, captions, config)
     itm = F.cross_entropy(itm_logits, match)
     dense_loss, cell_acc = dense.loss(image_embeds[:, 1:, :], labels)
     total = itm + config.dense_weight * dense_loss
@@ -370,11 +371,8 @@ def evaluate(blip, dense: DenseHead, tokenizer, config: EncoderConfig, seed: int
         size = min(256, remaining)
         batch = draw_batch(specs, rng, config, size)
         images, captions, match, labels, styles = batch
-        pixel_values = _pixel_values(images, config.image_size)
-        image_embeds = blip.vision_model(pixel_values=pixel_values).last_hidden_state
-        ids, mask = _tokenize(tokenizer, captions, "enc")
-        fused = blip.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds)
-        predicted = blip.itm_head(fused.last_hidden_state[:, 0, :]).argmax(-1)
+        image_embeds, itm_logits = _match(blip, tokenizer, images, captions, config)
+        predicted = itm_logits.argmax(-1)
         for style, p, m in zip(styles, predicted.tolist(), match.tolist(), strict=True):
             per_style[style].append((p, m))
         cell_accs.append(float(dense.loss(image_embeds[:, 1:, :], labels)[1]) * size)
