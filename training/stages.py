@@ -107,6 +107,14 @@ def policy_chain(training_round, iteration: int) -> list[Path]:
     return [artifact_fetch_dir(c.file.name, c.sha256) for c in earlier.order_by("iteration")]
 
 
+def previous_reward_dir(training_round, category: Category, iteration: int) -> Path | None:
+    """A local copy of R_{k-1} for this category (its accuracy on p_k's fresh samples), if there is one."""
+    previous = RewardModelCheckpoint.objects.filter(
+        training_round=training_round, category=category, iteration=iteration - 1
+    ).first()
+    return None if previous is None else artifact_fetch_dir(previous.file.name, previous.sha256)
+
+
 def own_images(training_round, iteration: int, categories: list[Category]) -> set[int]:
     """Ids of the current model's (p_k's) images in the round's categories: the base generator's at
     iteration 0 (when the round names it), the previous iteration's fine-tuned generator after that."""
@@ -218,6 +226,7 @@ def stage_train_rewards(context: StageContext) -> None:
             pretrained_path=reward_pretrained_path(config),
             progress=context.progress_callback(f"reward model · {category.name}"),
             own_images=mine,
+            previous=previous_reward_dir(context.training_round, category, context.iteration),
         )
         round_log(round_id=context.training_round.pk, message=_own_accuracy_line(category, info.metrics))
         name, sha = artifact_store_dir(info.path, prefix="checkpoints/reward")
@@ -327,11 +336,18 @@ def _own_accuracy_line(category: Category, metrics: dict) -> str:
             f"{category.name} reward model: no expert-ranked pairs of the current model's own samples yet, "
             "so its accuracy on them is not measured"
         )
-    return (
+    line = (
         f"{category.name} reward model ranks the current model's own samples at {metrics['own_accuracy']:.3f} "
         f"[{metrics['own_accuracy_ci_low']:.3f}, {metrics['own_accuracy_ci_high']:.3f}] "
         f"({metrics['own_pairs']} held-out pairs)"
     )
+    if metrics.get("fresh_accuracy") is not None and metrics.get("previous_own_accuracy") is not None:
+        line += (
+            f"; the previous iteration's reward model ranks them at {metrics['fresh_accuracy']:.3f} "
+            f"[{metrics['fresh_accuracy_ci_low']:.3f}, {metrics['fresh_accuracy_ci_high']:.3f}] "
+            f"(it ranked its own model's samples at {metrics['previous_own_accuracy']:.3f})"
+        )
+    return line
 
 
 # --- stage 2: feedback learning ----------------------------------------------------------------------

@@ -7,7 +7,13 @@ import dataclasses
 import pytest
 
 from training.ml.algorithm1.config import FeedbackStageConfig, RoundConfig
-from training.ml.algorithm1.gate import GateClosed, gate_reason, pair_accuracy, split_own_pairs
+from training.ml.algorithm1.gate import (
+    GateClosed,
+    accuracy_dropped,
+    gate_reason,
+    pair_accuracy,
+    split_own_pairs,
+)
 from training.ml.algorithm1.steps import check_gate
 from training.ml.reward.data import PairRecord
 
@@ -66,12 +72,12 @@ def test_own_pairs_of_a_share_of_prompts_are_held_out_and_the_rest_trains():
     assert split_own_pairs(records, set(), share=0.5, salt="s") == (records, [])
 
 
-def _metrics(accuracy, low, high, pairs=120):
+def _metrics(accuracy, low, high, pairs=120, prefix="own_"):
     return {
-        "own_accuracy": accuracy,
-        "own_accuracy_ci_low": low,
-        "own_accuracy_ci_high": high,
-        "own_pairs": pairs,
+        f"{prefix}accuracy": accuracy,
+        f"{prefix}accuracy_ci_low": low,
+        f"{prefix}accuracy_ci_high": high,
+        f"{prefix}pairs": pairs,
     }
 
 
@@ -90,3 +96,25 @@ def test_the_gate_closes_at_chance_and_says_which_category_and_why():
     with pytest.raises(GateClosed, match="lower bound not above chance"):
         check_gate(config, {"spatial": chance})
     check_gate(dataclasses.replace(config, feedback=FeedbackStageConfig(gate="measured")), {"spatial": {}})
+
+
+def test_a_drop_counts_only_when_it_is_large_against_both_intervals():
+    before = (0.70, 0.62, 0.78)  # standard error 0.16 / 3.92 = 0.0408
+    # Same width after: the difference's standard error is 0.0408 · √2 = 0.0577.
+    assert accuracy_dropped(before, (0.55, 0.47, 0.63))  # 0.15 / 0.0577 = 2.6 > 1.645
+    assert not accuracy_dropped(before, (0.65, 0.57, 0.73))  # 0.05 / 0.0577 = 0.87
+    assert not accuracy_dropped(before, (0.80, 0.72, 0.88))  # a rise
+    assert accuracy_dropped((0.6, 0.6, 0.6), (0.59, 0.59, 0.59))  # no spread: any drop
+    assert not accuracy_dropped((0.6, 0.6, 0.6), (0.6, 0.6, 0.6))
+
+
+def test_the_gate_stops_the_loop_when_the_previous_reward_model_fails_on_the_fresh_samples():
+    fine = {**_metrics(0.68, 0.60, 0.76), **_metrics(0.70, 0.62, 0.78, prefix="previous_own_")}
+    dropped = {**fine, **_metrics(0.55, 0.47, 0.63, prefix="fresh_")}
+    held = {**fine, **_metrics(0.65, 0.57, 0.73, prefix="fresh_")}
+    reason = gate_reason("measured", {"spatial": dropped})
+    assert "spatial: the previous iteration's reward model ranked its own model's samples at 0.700" in reason
+    assert "fresh samples at 0.550 [0.470, 0.630] (a significant drop" in reason
+    assert gate_reason("measured", {"spatial": held}) is None
+    assert gate_reason("measured", {"spatial": fine}) is None  # the first iteration: nothing to compare
+    assert gate_reason("off", {"spatial": dropped}) is None

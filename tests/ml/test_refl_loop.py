@@ -10,6 +10,7 @@ import pytest
 # One torch thread for every test here (the fixture is autouse) and the small world model config.
 from tests.ml.test_refl_world import SMALL, _one_thread  # noqa: F401
 from training.ml.algorithm1.config import RoundConfig
+from training.ml.algorithm1.gate import accuracy_dropped
 from training.ml.algorithm1.steps import refl_config
 from training.ml.loop import LoopConfig, loop_prompts, loop_round_config, main, rank_gallery, run_loop
 
@@ -213,9 +214,16 @@ def test_own_sample_groups_are_ranked_by_the_panel_and_the_gate_decides_on_them(
     # Strict consensus (no tie margin): the untrained tiny base draws many oracle ties, and this test is
     # about the gate's held-out pairs, which ties would leave empty.
     config = tiny_config(
-        out, tiny_base, own_groups_per_category=2, own_group_size=3, tie_margin=0.0, round=round_config
+        out,
+        tiny_base,
+        iterations=2,
+        own_groups_per_category=2,
+        own_group_size=3,
+        tie_margin=0.0,
+        round=round_config,
     )
-    metrics = run_loop(config).metrics[0]
+    all_metrics = run_loop(config).metrics
+    metrics = all_metrics[0]
 
     d0 = json.loads((out / "iter_0" / "rankings.json").read_text())
     own_groups = [r for r in d0["rankings"] if r["group"] == "own"]
@@ -242,3 +250,13 @@ def test_own_sample_groups_are_ranked_by_the_panel_and_the_gate_decides_on_them(
     # Expansion touched only the gallery groups.
     d1 = json.loads((out / "iter_1" / "rankings.json").read_text())
     assert all(len([i for g in r["ordering"] for i in g]) == 3 for r in d1["rankings"] if r["group"] == "own")
+    # Iteration 1: R_0 is measured on p_1's fresh held-out groups beside what it scored on p_0's, and the
+    # gate's drop rule decides on exactly those figures.
+    second = all_metrics[1]["rewards"]["spatial"]
+    assert second["previous_own_accuracy"] == spatial["own_accuracy"]
+    if second["own_pairs"]:
+        assert 0.0 <= second["fresh_accuracy_ci_low"] <= second["fresh_accuracy"] <= 1.0
+        before = (spatial["own_accuracy"], spatial["own_accuracy_ci_low"], spatial["own_accuracy_ci_high"])
+        after = (second["fresh_accuracy"], second["fresh_accuracy_ci_low"], second["fresh_accuracy_ci_high"])
+        gate_closed = all_metrics[1]["refl"].get("gate_closed") or ""
+        assert accuracy_dropped(before, after) == ("significant drop" in gate_closed)

@@ -224,6 +224,15 @@ def test_a_two_iteration_round_trains_its_second_iteration_on_top_of_the_first(
     assert {c.config["train_mode"] for c in checkpoints} == {"lora" if lora else "full"}
     # Iteration 1's reward models saw the experts' rankings of iteration 0's samples.
     assert RewardModelCheckpoint.objects.filter(training_round=second, iteration=1).exists()
+    # ... and had R_0 beside them for the drop check: a local copy of it, carrying the own-sample
+    # accuracy it was measured at (the figure the check compares the fresh samples' accuracy with).
+    from training.ml.reward.checkpoint import read_reward_meta
+    from training.stages import previous_reward_dir
+
+    r0 = RewardModelCheckpoint.objects.filter(training_round=second, iteration=0).first()
+    assert previous_reward_dir(second, r0.category, 0) is None
+    recorded = read_reward_meta(previous_reward_dir(second, r0.category, 1))["metadata"]["metrics"]
+    assert recorded.get("own_accuracy") == r0.metrics.get("own_accuracy")
     assert second.outputs["1"]["pushed_tasks"] and set(pushed).isdisjoint(second.outputs["1"]["pushed_tasks"])
     assert RankingTask.objects.filter(pk__in=second.outputs["1"]["pushed_tasks"], iteration=2).count() == len(
         second.outputs["1"]["pushed_tasks"]

@@ -405,6 +405,7 @@ def run_iteration(
     progress: LoopProgress | None = None,
     own_images: set[int] | None = None,
     encoder_path: str | None = None,
+    previous_rewards: Mapping[str, Path] | None = None,
 ) -> IterationResult:
     """Reward models R_k on D_k, then p_k → p_{k+1} by the round's objective: the stages the app runs as
     two Celery tasks.
@@ -424,6 +425,7 @@ def run_iteration(
             pretrained_path=encoder_path,
             progress=_stage(progress, f"iter{iteration}/reward/{category}"),
             own_images=own_images,
+            previous=(previous_rewards or {}).get(category),
         )
         for category in categories
     }
@@ -585,6 +587,7 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
             progress=progress,
             own_images=own,
             encoder_path=config.encoder_path,
+            previous_rewards=reward_checkpoints[-1] if reward_checkpoints else None,
         )
         t["train"] = time.perf_counter()
         if result.finetuned is not None:
@@ -629,7 +632,17 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
 def _reward_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("val_accuracy", "best_step", "steps", "train_prompts", "own_accuracy", "own_accuracy_ci_low")
     return {
-        key: metrics.get(key) for key in (*keys, "own_accuracy_ci_high", "own_pairs", "normalization_source")
+        key: metrics.get(key)
+        for key in (
+            *keys,
+            "own_accuracy_ci_high",
+            "own_pairs",
+            "normalization_source",
+            "fresh_accuracy",
+            "fresh_accuracy_ci_low",
+            "fresh_accuracy_ci_high",
+            "previous_own_accuracy",
+        )
     }
 
 

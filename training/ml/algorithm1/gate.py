@@ -83,6 +83,26 @@ def split_own_pairs(
     return train, gate
 
 
+def accuracy_dropped(
+    before: tuple[float, float, float], after: tuple[float, float, float], z: float = 1.645
+) -> bool:
+    """Whether accuracy fell significantly from ``before`` to ``after`` (each ``(accuracy, low, high)``
+    with a 95 % interval, measured on different pairs): one-sided at 5 %, each standard error read back
+    from its interval's width (``(high − low) / 3.92``)."""
+    se = np.hypot((before[2] - before[1]) / 3.92, (after[2] - after[1]) / 3.92)
+    drop = before[0] - after[0]
+    if se == 0:
+        return drop > 0
+    return bool(drop / se > z)
+
+
+def _triple(metrics: Mapping[str, object], prefix: str) -> tuple[float, float, float] | None:
+    values = [metrics.get(f"{prefix}accuracy{s}") for s in ("", "_ci_low", "_ci_high")]
+    if any(v is None for v in values):
+        return None
+    return tuple(float(v) for v in values)  # type: ignore[arg-type, return-value]
+
+
 class GateClosed(RuntimeError):
     """ReFL refused to start: a reward model cannot (or could not be shown to) rank the model's samples."""
 
@@ -92,7 +112,9 @@ def gate_reason(mode: str, accuracies: Mapping[str, Mapping[str, object]]) -> st
 
     ``require``: every category measured with a lower bound above 0.5. ``measured``: a category that was
     measured must have its lower bound above 0.5; one with no own-sample pairs yet passes (and says so in
-    the round's log). ``off``: never closed.
+    the round's log). ``off``: never closed. In both, a category whose previous reward model (R_{k-1})
+    ranks the fresh samples of p_k significantly worse than it ranked p_{k-1}'s (``fresh_*`` against
+    ``previous_own_*`` metrics, see :func:`accuracy_dropped`) closes the gate: the loop stops there.
     """
     if mode == "off":
         return None
@@ -108,6 +130,17 @@ def gate_reason(mode: str, accuracies: Mapping[str, Mapping[str, object]]) -> st
             problems.append(
                 f"{category}: {float(accuracy):.3f} [{float(low):.3f}, {float(high):.3f}] on {pairs} "  # type: ignore[arg-type]
                 "pairs of the current model's own samples (lower bound not above chance)"
+            )
+        # The hacking signature across iterations: R_{k-1} judged p_{k-1}'s samples well but judges the
+        # fresh samples of p_k, the model fine-tuned on it, worse — the last fine-tuning moved the model
+        # where the reward is wrong, and climbing the same kind of reward again would repeat that.
+        before, after = _triple(metrics, "previous_own_"), _triple(metrics, "fresh_")
+        if before is not None and after is not None and accuracy_dropped(before, after):
+            problems.append(
+                f"{category}: the previous iteration's reward model ranked its own model's samples at "
+                f"{before[0]:.3f} [{before[1]:.3f}, {before[2]:.3f}] but the fine-tuned model's fresh samples "
+                f"at {after[0]:.3f} [{after[1]:.3f}, {after[2]:.3f}] (a significant drop: the last "
+                "fine-tuning moved the model where the reward is wrong)"
             )
     if not problems:
         return None

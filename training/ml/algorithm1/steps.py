@@ -270,12 +270,18 @@ def train_reward(
     pretrained_path: str | None = None,
     progress: ProgressCallback | None = None,
     own_images: set[int] | None = None,
+    previous: str | Path | None = None,
 ) -> CheckpointInfo:
     """R_k for one category, trained on D_k's pairs of that category.
 
     ``own_images``: ids of the current model's (p_k's) images. Pairs of two of them on a share of their
     prompts are held out of training and measure the gate: the metrics gain ``own_accuracy``,
     ``own_accuracy_ci_low``/``_high``, ``own_pairs`` and ``own_prompts`` (None / 0 when there are none).
+
+    ``previous``: R_{k-1}'s checkpoint of this category. On the same held-out pairs it gives
+    ``fresh_accuracy`` (+ interval), the previous reward model on the fresh samples of the model that was
+    fine-tuned on it, beside ``previous_own_accuracy``, what it scored on p_{k-1}'s samples; the gate
+    stops the loop when the first is significantly lower.
     """
     mine = [r for r in records if r.category == category]
     train, gate = split_own_pairs(
@@ -286,20 +292,35 @@ def train_reward(
         RewardData(records=train, image_loader=image_loader),
         progress,
     )
-    normalization = normalize_on_own_samples(info.path, mine, own_images or set(), image_loader)
+    # Measured before the re-normalisation (a monotone map: the same accuracy), so that the checkpoint
+    # it rewrites carries the figure the next iteration's drop check reads back.
     accuracy = own_sample_accuracy(info.path, gate, image_loader, seed=config.seed + iteration)
-    return dataclasses.replace(info, metrics={**info.metrics, **accuracy.as_metrics(), **normalization})
+    normalization = normalize_on_own_samples(
+        info.path, mine, own_images or set(), image_loader, metrics=accuracy.as_metrics()
+    )
+    metrics = {**info.metrics, **accuracy.as_metrics(), **normalization}
+    if previous is not None and gate:
+        fresh = own_sample_accuracy(previous, gate, image_loader, seed=config.seed + iteration)
+        before = read_reward_meta(previous)["metadata"].get("metrics") or {}
+        metrics.update(fresh.as_metrics("fresh_"))
+        metrics.update({f"previous_{k}": before.get(k) for k in accuracy.as_metrics()})
+    return dataclasses.replace(info, metrics=metrics)
 
 
 @torch.no_grad()
 def normalize_on_own_samples(
-    checkpoint: str | Path, records: Sequence[PairRecord], own_images: set[int], image_loader: ImageLoader
+    checkpoint: str | Path,
+    records: Sequence[PairRecord],
+    own_images: set[int],
+    image_loader: ImageLoader,
+    metrics: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Re-centre a reward checkpoint's scores on the current model's own samples (mean 0, std 1 there).
 
     ReFL and best-of-N see only the current model's images; a normalisation fitted on the gallery leaves
     them at an arbitrary offset and scale, which changes the reward's weight against the pretraining loss
     and between categories. A monotone map: pair accuracies are unchanged. No own samples: kept as trained.
+    ``metrics`` join those the rewritten checkpoint records.
     """
     found: dict[int, tuple[str, str, str]] = {}
     for r in records:
@@ -322,7 +343,8 @@ def normalize_on_own_samples(
     model.set_normalization(float(np.mean(raw)), std)
     meta = read_reward_meta(checkpoint)["metadata"]
     keep = {"train_config": meta["train_config"]} if "train_config" in meta else None
-    save_reward_model(model, checkpoint, metrics=meta.get("metrics"), dataset=meta.get("dataset"), extra=keep)
+    recorded = {**(meta.get("metrics") or {}), **(metrics or {})}
+    save_reward_model(model, checkpoint, metrics=recorded, dataset=meta.get("dataset"), extra=keep)
     return {"normalization_source": "own samples", "normalization_images": len(found)}
 
 
