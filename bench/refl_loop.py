@@ -313,6 +313,12 @@ def main() -> None:
     parser.add_argument("--reward-hidden", type=int, default=128)
     parser.add_argument("--refl-steps", type=int, default=80)
     parser.add_argument("--refl-lr", type=float, default=1.5e-5)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="fine-tuning batch: ReFL prompts / DPO pairs (default: recipe)",
+    )
     parser.add_argument("--guard-every", type=int, default=10)
     parser.add_argument(
         "--reward-scale", type=float, default=1.0, help="ReFL reward loss weight (pre-loss 1)"
@@ -417,6 +423,7 @@ def main() -> None:
             late_steps=min(base.feedback.late_steps, args.steps),
             guidance_scale=args.guidance,
             learning_rate=args.refl_lr,
+            batch_size=args.batch_size or base.feedback.batch_size,
             reward_scale=args.reward_scale,
             guard_every=args.guard_every,
             guard_rule=args.guard_rule,
