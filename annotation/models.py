@@ -80,6 +80,12 @@ class RankingTask(models.Model):
             models.Index(
                 fields=["is_gold", "-priority", "id"], condition=Q(status="open"), name="task_open_queue"
             ),
+            # The same walk on a gold turn: gold first, then the ordinary pool, in one statement.
+            models.Index(
+                fields=["-is_gold", "-priority", "id"],
+                condition=Q(status="open"),
+                name="task_open_queue_gold_first",
+            ),
         ]
 
     def __str__(self) -> str:

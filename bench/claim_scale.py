@@ -130,13 +130,19 @@ SELECT p.i0 + 6 * g + gen.i, 'images/' || md5(g || '-' || gen.i) || '.png',
        'display/' || md5(g || '-' || gen.i) || '.webp', now() - interval '200 days', gen.generator_id, p.p0 + g
 FROM fill_params p, generate_series(0, p.t_count - 1) g, fill_generators gen;
 
+-- The claim walks open tasks by priority (random policy: the task's uniform draw). Open tasks get priorities
+-- falling with g, so the queue hands them out in the fill's order (the frontier first, as in a live queue,
+-- where the tasks handed out first were those of the highest draws); the draw itself is a hash of g.
 INSERT INTO annotation_rankingtask (id, required_rankings, status, is_gold, gold_ordering, iteration, created_at,
-                                    prompt_id)
+                                    prompt_id, selection_draw, priority)
 SELECT p.t0 + g,
        CASE WHEN g < p.g_complete AND g %% 10 = 3 THEN 4 ELSE 3 END,
        CASE WHEN g < p.g_complete AND g %% 200 = 1 THEN 'retired'
             WHEN g < p.g_complete THEN 'complete' ELSE 'open' END,
-       false, NULL, 0, now() - interval '200 days', p.p0 + g
+       false, NULL, 0, now() - interval '200 days', p.p0 + g,
+       (hashint8(g)::bigint + 2147483648) / 4294967296.0,
+       CASE WHEN g < p.g_complete THEN (hashint8(g)::bigint + 2147483648) / 4294967296.0
+            ELSE 1.0 - (g + 1)::float8 / (p.t_count + 1) END
 FROM fill_params p, generate_series(0, p.t_count - 1) g;
 
 INSERT INTO annotation_taskimage (task_id, image_id, position)
@@ -191,10 +197,11 @@ FROM fill_params p, generate_series(0, p.g_complete - 1) g;
 
 -- Gold: 30 per category on the last prompts' images, ranked by each annotator on every tenth claim.
 INSERT INTO annotation_rankingtask (id, required_rankings, status, is_gold, gold_ordering, iteration,
-                                    created_at, prompt_id)
+                                    created_at, prompt_id, selection_draw, priority)
 SELECT p.t0 + p.t_count + g - (p.t_count - 3 * %(gold)s), 1000, 'open', true,
        (SELECT jsonb_agg(jsonb_build_array(p.i0 + 6 * g + pos) ORDER BY pos) FROM generate_series(0, 5) pos),
-       0, now() - interval '200 days', p.p0 + g
+       0, now() - interval '200 days', p.p0 + g,
+       (hashint8(g)::bigint + 2147483648) / 4294967296.0, (hashint8(g)::bigint + 2147483648) / 4294967296.0
 FROM fill_params p, generate_series(p.t_count - 3 * %(gold)s, p.t_count - 1) g;
 INSERT INTO annotation_taskimage (task_id, image_id, position)
 SELECT t.id, p.i0 + 6 * (t.prompt_id - p.p0) + pos, pos
@@ -238,8 +245,8 @@ def fill(url: str, n_images: int) -> None:
             # The small tables through plain INSERTs: 6 generators, 200 users with annotator profiles.
             conn.execute(
                 "INSERT INTO gallery_generator (name, slug, kind, weights_uri, pipeline_class, joined_iteration,"
-                " base_iteration, default_params, description, created_at)"
-                " SELECT 'scale-gen-' || i, 'scale-gen-' || i, 'gallery', '', '', 0, NULL, '{}', '', now()"
+                " base_iteration, default_params, description, created_at, itercomp_name)"
+                " SELECT 'scale-gen-' || i, 'scale-gen-' || i, 'gallery', '', '', 0, NULL, '{}', '', now(), ''"
                 " FROM generate_series(0, %s) i",
                 [N_GENERATORS - 1],
             )
@@ -382,7 +389,12 @@ def explain_one(driver: Driver) -> str:
     def wrapper(execute, sql, params, many, context):
         raw = context["cursor"].cursor
         head = sql.lstrip().split(None, 1)[0].upper()
-        gold_draw = "FOR NO KEY UPDATE" in sql and 'NOT "annotation_rankingtask"."is_gold"' not in sql
+        # A gold turn's draw: ordered gold first (one draw over both pools), or, before that, a draw
+        # from the gold pool alone (neither the ordinary pool's NOT is_gold nor the ordinary order).
+        gold_draw = "FOR NO KEY UPDATE" in sql and (
+            '"is_gold" DESC' in sql
+            or ('"is_gold" ASC' not in sql and 'NOT "annotation_rankingtask"."is_gold"' not in sql)
+        )
         wanted = state["all"] or (gold_draw and not state["gold_seen"])
         if wanted and head in {"SELECT", "WITH", "UPDATE", "INSERT"} and not many:
             state["gold_seen"] = state["gold_seen"] or gold_draw
@@ -404,7 +416,7 @@ def explain_one(driver: Driver) -> str:
         report.append("=== one claim (task_claim_next) and its submit (ranking_submit)\n")
         driver.one(record=False)
         state["all"] = False
-        report.append("=== the first gold-pool draw of the following claims\n")
+        report.append("=== the first gold-turn draw of the following claims\n")
         for _ in range(len(driver.users) * 10):
             if state["gold_seen"]:
                 break
@@ -421,7 +433,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,1000000", help="image counts, comma-separated")
-    parser.add_argument("--ops", type=int, default=300, help="measured claim+submit pairs per size")
+    parser.add_argument(
+        "--ops", type=int, default=300, help="measured claim+submit pairs per size (0: only the plans)"
+    )
     parser.add_argument("--refill", action="store_true", help="drop and refill the databases")
     parser.add_argument("--fill-only", action="store_true")
     parser.add_argument("--drop", action="store_true", help="drop the bench databases and exit")
@@ -493,6 +507,8 @@ def main() -> None:
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
 
+    if args.ops == 0:  # --ops 0: the plans only
+        return
     print()
     print(
         f"machine: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} before, {load_after[0]:.2f} after;"

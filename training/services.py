@@ -164,7 +164,12 @@ def round_claim_stage(*, ticket: StageTicket, worker: str) -> TrainingRound | No
     if not claimed:
         return None
     training_round = TrainingRound.objects.get(pk=ticket.round_id)
-    _event(training_round, f"{ticket.stage} started on {worker} (attempt {training_round.attempts})")
+    # The claim's record, also as data: which worker took which stage, on which attempt.
+    _event(
+        training_round,
+        f"{ticket.stage} started on {worker} (attempt {training_round.attempts})",
+        data={"claimed_by": worker, "attempt": training_round.attempts},
+    )
     return training_round
 
 

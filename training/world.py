@@ -7,6 +7,7 @@ functions, as everywhere outside ``training/ml/`` and the worker-only modules (`
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.core.files.storage import default_storage
@@ -82,14 +83,24 @@ def _category_of(subcategory: str) -> tuple[Category, Subcategory | None]:
 
 
 def world_gallery_seed(
-    *, per_subcategory: int, seed: int = 0, required_rankings: int | None = None
+    *,
+    per_subcategory: int,
+    seed: int = 0,
+    required_rankings: int | None = None,
+    subcategories: Sequence[str] | None = None,
 ) -> WorldSeedReport:
-    """Prompts of every subcategory with one image from each of the six world generators, and their tasks."""
+    """Prompts of every subcategory (or of ``subcategories``) with one image from each of the six world
+    generators, and their tasks."""
     from training.ml.world import GALLERY_GENERATORS, SUBCATEGORIES, generate_prompts
 
+    unknown = set(subcategories or ()) - set(SUBCATEGORIES)
+    if unknown:
+        raise ValueError(f"unknown subcategories: {', '.join(sorted(unknown))}")
     report = WorldSeedReport()
     generators = world_generators_ensure()
     for subcategory in SUBCATEGORIES:
+        if subcategories is not None and subcategory not in subcategories:
+            continue
         category, sub = _category_of(subcategory)
         for index, text in enumerate(generate_prompts(subcategory, per_subcategory, seed)):
             with transaction.atomic():

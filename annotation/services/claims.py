@@ -95,8 +95,9 @@ def claimable_tasks(
         task=OuterRef("pk"), status=ClaimStatus.ACTIVE, expires_at__gt=now
     ).values("task")
     rankings = Ranking.objects.filter(task=OuterRef("pk")).values("task")
-    # status = open is the condition of the partial index task_open_queue (is_gold, -priority, id): the
-    # claimer walks open tasks in claim order without stepping over the complete ones in front of them.
+    # status = open is the condition of the partial indexes task_open_queue (is_gold, -priority, id) and
+    # task_open_queue_gold_first (-is_gold, -priority, id): the claimer walks open tasks in claim order
+    # without stepping over the complete ones in front of them.
     qs = RankingTask.objects.filter(status=TaskStatus.OPEN)
     if category_id is not None:
         qs = qs.filter(prompt__category_id=category_id)
@@ -172,14 +173,28 @@ def _try_claim(task: RankingTask, *, annotator: AbstractBaseUser, now: datetime)
         return None
 
 
-def _claim_from_pool(*, annotator: AbstractBaseUser, category_id: int, is_gold: bool) -> TaskClaim | None:
+def _claim_order(*, gold_first: bool) -> tuple[str, str, str]:
+    """Both pools in one walk, the preferred one first. Each order is an index's order: is_gold ascending
+    is task_open_queue, descending task_open_queue_gold_first; so a gold turn with no gold left goes on to
+    the ordinary pool inside the same statement (BENCHMARKS.md, "Claim path at scale")."""
+    return ("-is_gold" if gold_first else "is_gold", "-priority", "id")
+
+
+def _claim_from_pools(
+    *, annotator: AbstractBaseUser, category_id: int, gold: bool | None, gold_first: bool
+) -> TaskClaim | None:
+    """``gold``: None draws from both pools (gold first when ``gold_first``), False from the ordinary one."""
     tried: list[int] = []
     for _ in range(_MAX_CANDIDATES):
         now = timezone.now()
         with transaction.atomic():
-            pool = claimable_tasks(
-                annotator=annotator, category_id=category_id, is_gold=is_gold, now=now, first_only=True
-            ).exclude(pk__in=tried)
+            pool = (
+                claimable_tasks(
+                    annotator=annotator, category_id=category_id, is_gold=gold, now=now, first_only=True
+                )
+                .exclude(pk__in=tried)
+                .order_by(*_claim_order(gold_first=gold_first))
+            )
             # NO KEY UPDATE: claimers exclude each other, but a submit's foreign-key check on the task
             # (KEY SHARE) never waits for a claimer.
             task = pool.select_for_update(skip_locked=True, of=("self",), no_key=True).first()
@@ -201,16 +216,17 @@ def task_claim_next(*, annotator: AbstractBaseUser, category: Category) -> TaskC
     """Claim one slot of the next task of this category for the annotator, or None if none is left.
 
     Gold tasks are interleaved at settings.GOLD_TASK_RATE; when one pool is empty the other is used
-    (gold only when the rate is above zero).
+    (gold only when the rate is above zero). One draw walks both pools in the turn's order: a gold turn of
+    an annotator who has ranked every gold task costs no second transaction.
     """
     rate = settings.GOLD_TASK_RATE
     gold_first = _gold_turn(annotator=annotator, rate=rate)
-    pools = [True, False] if gold_first else ([False, True] if rate > 0 else [False])
-    for is_gold in pools:
-        claim = _claim_from_pool(annotator=annotator, category_id=category.pk, is_gold=is_gold)
-        if claim is not None:
-            return claim
-    return None
+    return _claim_from_pools(
+        annotator=annotator,
+        category_id=category.pk,
+        gold=None if rate > 0 else False,
+        gold_first=gold_first,
+    )
 
 
 def _active_claims(*, annotator: AbstractBaseUser, category: Category, now: datetime) -> list[TaskClaim]:

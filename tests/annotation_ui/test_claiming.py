@@ -170,6 +170,26 @@ def test_claiming_a_task_that_holds_a_lapsed_lease_takes_at_most_ten_queries(
     assert TaskClaim.objects.get(pk=stale.pk).status == ClaimStatus.EXPIRED
 
 
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_gold_turn_with_no_gold_left_takes_an_ordinary_task_in_the_same_draw(
+    make_user, task_factory, spatial, settings
+):
+    # An annotator who has ranked every gold task (a fixed gold set, a long history): the gold turn must
+    # not cost a second draw and transaction for the ordinary pool (BENCHMARKS.md, "Claim path at scale").
+    settings.GOLD_TASK_RATE = 1.0  # every claim is a gold turn
+    annotator = make_user("annotator")
+    gold = task_factory(gold=True, required=5)
+    assert task_claim_next(annotator=annotator, category=spatial).task_id == gold.pk
+    ordinary = task_factory(required=1)
+    with CaptureQueriesContext(connection) as queries:
+        claim = task_claim_next(annotator=annotator, category=spatial)
+    assert claim is not None and claim.task_id == ordinary.pk
+    statements = [q["sql"] for q in queries.captured_queries]
+    draws = [sql for sql in statements if "FOR NO KEY UPDATE" in sql and "LIMIT 1" in sql]
+    assert len(draws) == 1, "\n".join(statements)
+    assert len(statements) <= 10, "\n".join(statements)
+
+
 def test_an_undone_skip_takes_its_slot_back_only_while_the_slot_is_free(
     make_user, task_factory, spatial, settings
 ):

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,8 +61,92 @@ def test_dockerfile_installs_the_pinned_requirements():
     assert "pip install" in dockerfile and "requirements.txt" in dockerfile
 
 
-# `docker compose config` is not run here: this machine's docker has no compose plugin. These tests check
+# `docker compose config` is not run here: there is no docker where the tests run. What it checks is
+# checked instead: the file, with its variables interpolated as compose does, against the Compose
+# Specification's own JSON schema (vendored in docker/schema/, see its README), and, in the tests below,
 # the structure that command would resolve (services, queues, volumes, environment).
+
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, ${NAME:+alt}, ${NAME+alt}, $NAME;
+# $$ is a literal $.
+_VARIABLE = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
+)
+
+
+class MissingVariable(Exception):
+    pass
+
+
+def _interpolate(value, env: dict[str, str]):
+    """Compose's variable substitution over every string value of the loaded file (keys are not
+    interpolated)."""
+    if isinstance(value, dict):
+        return {key: _interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        if match["escaped"]:
+            return "$"
+        name = match["braced"] or match["bare"]
+        op, arg = match["op"], match["arg"] or ""
+        unset_or_empty = not env.get(name)
+        missing = unset_or_empty if op and op.startswith(":") else name not in env
+        if op in (":?", "?") and missing:
+            raise MissingVariable(f"{name}: {arg}")
+        if op in (":-", "-"):
+            return arg if missing else env[name]
+        if op in (":+", "+"):
+            return "" if missing else arg
+        return env.get(name, "")
+
+    return _VARIABLE.sub(substitute, value)
+
+
+# What docker/.env would hold: the variables the file requires (${NAME:?…}); the others keep defaults.
+_DEPLOYMENT_ENV = {
+    "SECRET_KEY": "s" * 50,
+    "ALLOWED_HOSTS": "studio.example.org",
+    "POSTGRES_PASSWORD": "pg-password",
+    "S3_ACCESS_KEY_ID": "studio",
+    "S3_SECRET_ACCESS_KEY": "storage-secret",
+}
+
+
+def _compose_schema_validator():
+    from jsonschema import Draft7Validator
+
+    schema = json.loads((ROOT / "docker" / "schema" / "compose-spec.json").read_text())
+    Draft7Validator.check_schema(schema)
+    return Draft7Validator(schema)
+
+
+def _schema_errors(document: dict) -> list[str]:
+    errors = _compose_schema_validator().iter_errors(document)
+    return sorted(f"{'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors)
+
+
+def test_the_compose_file_interpolated_as_compose_does_is_valid_under_the_compose_specification():
+    document = _interpolate(_compose(), _DEPLOYMENT_ENV)
+    assert _schema_errors(document) == []
+    assert document["services"]["web"]["environment"]["STORAGE_BACKEND"] == "s3"
+    assert document["services"]["minio-bucket"]["command"][0].startswith(
+        'mc alias set store http://minio:9000 "$S3'
+    )
+
+
+def test_the_compose_schema_check_rejects_what_docker_compose_config_would():
+    services = _interpolate(_compose(), _DEPLOYMENT_ENV)["services"]
+    misspelt = {**services, "web": {**services["web"], "depend_on": ["migrate"]}}
+    wrong_type = {**services, "worker": {**services["worker"], "ports": "8000:8000"}}
+    for broken in (misspelt, wrong_type):
+        assert _schema_errors({**_compose(), "services": broken})
+    # A required variable left unset stops compose before any validation.
+    with pytest.raises(MissingVariable, match="SECRET_KEY"):
+        _interpolate(_compose(), {k: v for k, v in _DEPLOYMENT_ENV.items() if k != "SECRET_KEY"})
 
 
 def _starts_after(services: dict, name: str) -> set[str]:

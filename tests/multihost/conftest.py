@@ -4,6 +4,7 @@ and Celery workers that share nothing on disk with the web process or with each 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,6 +80,16 @@ def bucket_keys(endpoint: str, bucket: str) -> dict[str, bytes]:
     return keys
 
 
+def object_versions(endpoint: str, bucket: str, prefix: str = "") -> dict[str, int]:
+    """How many times each key was written (the buckets here are versioned; a delete marker is no write)."""
+    client = s3_client(endpoint)
+    counts: dict[str, int] = {}
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Versions", []):
+            counts[item["Key"]] = counts.get(item["Key"], 0) + 1
+    return counts
+
+
 def files_under(path: Path) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()] if path.exists() else []
 
@@ -94,6 +105,11 @@ class Host:
         for path in (self.cwd, self.media, self.cache):
             path.mkdir(parents=True, exist_ok=True)
 
+    def wipe_cache(self) -> None:
+        """The machine comes back with an empty disk cache (a new instance, a cleaned volume)."""
+        shutil.rmtree(self.cache)
+        self.cache.mkdir()
+
 
 @pytest.fixture
 def object_storage(s3_endpoint, settings, tmp_path):
@@ -102,7 +118,10 @@ def object_storage(s3_endpoint, settings, tmp_path):
     Its own queue prefix: the suite's shared worker (filesystem storage) must never take these tasks.
     """
     bucket = f"itercomp-{uuid.uuid4().hex[:12]}"
-    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket=bucket)
+    # Versioned, so a test can count how often each key was written (object_versions).
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     web = Host(tmp_path, "web")
     settings.STORAGE_BACKEND = "s3"
     settings.STORAGES = {
