@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     p.add_argument("--sampling-steps", type=int, default=20)
     p.add_argument("--reward-epochs", type=int, default=4)
+    p.add_argument(
+        "--reward-lr", type=float, default=None, help="reward learning rate (default: the recipe's)"
+    )
     p.add_argument("--reward-hidden", type=int, default=128)
     p.add_argument("--reward-layers", type=int, default=4)
     p.add_argument("--work-dir", default=str(ROOT / "bench" / "out" / "active_selection"))
@@ -265,6 +268,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 reward=dataclasses.replace(
                     base_round.reward,
                     epochs=args.reward_epochs,
+                    learning_rate=args.reward_lr or base_round.reward.learning_rate,
                     hidden_size=args.reward_hidden,
                     layers=args.reward_layers,
                 ),

@@ -69,9 +69,15 @@ def _with_db(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
 
 
-def db_name(n_images: int) -> str:
-    label = f"{n_images // 1_000_000}m" if n_images % 1_000_000 == 0 else f"{n_images // 1000}k"
-    return f"itercomp_bench_{label}"
+DB_PREFIX = "itercomp_bench_"
+
+
+def size_label(n_images: int) -> str:
+    return f"{n_images // 1_000_000}m" if n_images % 1_000_000 == 0 else f"{n_images // 1000}k"
+
+
+def db_name(n_images: int, prefix: str = DB_PREFIX) -> str:
+    return f"{prefix}{size_label(n_images)}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -130,19 +136,13 @@ SELECT p.i0 + 6 * g + gen.i, 'images/' || md5(g || '-' || gen.i) || '.png',
        'display/' || md5(g || '-' || gen.i) || '.webp', now() - interval '200 days', gen.generator_id, p.p0 + g
 FROM fill_params p, generate_series(0, p.t_count - 1) g, fill_generators gen;
 
--- The claim walks open tasks by priority (random policy: the task's uniform draw). Open tasks get priorities
--- falling with g, so the queue hands them out in the fill's order (the frontier first, as in a live queue,
--- where the tasks handed out first were those of the highest draws); the draw itself is a hash of g.
 INSERT INTO annotation_rankingtask (id, required_rankings, status, is_gold, gold_ordering, iteration, created_at,
-                                    prompt_id, selection_draw, priority)
+                                    prompt_id)
 SELECT p.t0 + g,
        CASE WHEN g < p.g_complete AND g %% 10 = 3 THEN 4 ELSE 3 END,
        CASE WHEN g < p.g_complete AND g %% 200 = 1 THEN 'retired'
             WHEN g < p.g_complete THEN 'complete' ELSE 'open' END,
-       false, NULL, 0, now() - interval '200 days', p.p0 + g,
-       (hashint8(g)::bigint + 2147483648) / 4294967296.0,
-       CASE WHEN g < p.g_complete THEN (hashint8(g)::bigint + 2147483648) / 4294967296.0
-            ELSE 1.0 - (g + 1)::float8 / (p.t_count + 1) END
+       false, NULL, 0, now() - interval '200 days', p.p0 + g
 FROM fill_params p, generate_series(0, p.t_count - 1) g;
 
 INSERT INTO annotation_taskimage (task_id, image_id, position)
@@ -197,11 +197,10 @@ FROM fill_params p, generate_series(0, p.g_complete - 1) g;
 
 -- Gold: 30 per category on the last prompts' images, ranked by each annotator on every tenth claim.
 INSERT INTO annotation_rankingtask (id, required_rankings, status, is_gold, gold_ordering, iteration,
-                                    created_at, prompt_id, selection_draw, priority)
+                                    created_at, prompt_id)
 SELECT p.t0 + p.t_count + g - (p.t_count - 3 * %(gold)s), 1000, 'open', true,
        (SELECT jsonb_agg(jsonb_build_array(p.i0 + 6 * g + pos) ORDER BY pos) FROM generate_series(0, 5) pos),
-       0, now() - interval '200 days', p.p0 + g,
-       (hashint8(g)::bigint + 2147483648) / 4294967296.0, (hashint8(g)::bigint + 2147483648) / 4294967296.0
+       0, now() - interval '200 days', p.p0 + g
 FROM fill_params p, generate_series(p.t_count - 3 * %(gold)s, p.t_count - 1) g;
 INSERT INTO annotation_taskimage (task_id, image_id, position)
 SELECT t.id, p.i0 + 6 * (t.prompt_id - p.p0) + pos, pos
@@ -233,6 +232,34 @@ SEQUENCES = [
 ]
 
 
+# rankmath.selection.selection_draw in SQL (the first 8 bytes of the SHA-256 of "selection:<prompt>:<sorted
+# image ids>" over 2**64), and the random policy's priority, which is the draw: the queue in the order the
+# app hands a gallery out when no policy has scored it.
+SELECTION_SQL = """
+WITH draws AS (
+    SELECT t.id, ('x' || left(encode(sha256(convert_to(
+               'selection:' || t.prompt_id || ':' || string_agg(ti.image_id::text, ',' ORDER BY ti.image_id),
+               'UTF8')), 'hex'), 16))::bit(64)::bigint AS h
+    FROM annotation_rankingtask t JOIN annotation_taskimage ti ON ti.task_id = t.id
+    GROUP BY t.id
+)
+UPDATE annotation_rankingtask t
+SET selection_draw = (CASE WHEN d.h < 0 THEN d.h + 2.0 ^ 64 ELSE d.h END) / 2.0 ^ 64,
+    priority = (CASE WHEN d.h < 0 THEN d.h + 2.0 ^ 64 ELSE d.h END) / 2.0 ^ 64
+FROM draws d WHERE d.id = t.id
+"""
+
+
+def _has_selection_columns(conn) -> bool:
+    """Whether the schema has the active-selection columns (issue #19); the bench also runs on code from
+    before them, to compare the claim path with and without the priority order."""
+    row = conn.execute(
+        "SELECT count(*) FROM information_schema.columns"
+        " WHERE table_name = 'annotation_rankingtask' AND column_name IN ('selection_draw', 'priority')"
+    ).fetchone()
+    return row[0] == 2
+
+
 def fill(url: str, n_images: int) -> None:
     import psycopg
 
@@ -241,6 +268,15 @@ def fill(url: str, n_images: int) -> None:
         renice_backend(conn)
         conn.execute("SET synchronous_commit = off")
         conn.execute("SET maintenance_work_mem = '256MB'")
+        selection = _has_selection_columns(conn)
+        if selection:
+            # The fill's task INSERTs name no selection columns; a temporary default lets them in and
+            # SELECTION_SQL then gives every task the draw the app would have given it. (Outside the fill's
+            # transaction: its deferred foreign-key checks forbid an ALTER TABLE inside it.)
+            conn.execute(
+                "ALTER TABLE annotation_rankingtask ALTER COLUMN selection_draw SET DEFAULT 0,"
+                " ALTER COLUMN priority SET DEFAULT 0"
+            )
         with conn.transaction():
             # The small tables through plain INSERTs: 6 generators, 200 users with annotator profiles.
             conn.execute(
@@ -278,21 +314,32 @@ def fill(url: str, n_images: int) -> None:
                 )
                 head = " ".join(statement.split())[:70]
                 log(f"  {time.perf_counter() - t:6.1f}s  {cur.rowcount:>9} rows  {head}")
+            if selection:
+                t = time.perf_counter()
+                cur = conn.execute(SELECTION_SQL)
+                log(f"  {time.perf_counter() - t:6.1f}s  {cur.rowcount:>9} rows  selection draw and priority")
             for table in SEQUENCES:
                 conn.execute(
                     f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"
                     f" (SELECT coalesce(max(id), 1) FROM {table}))"
                 )
             log(f"fill of {n_images:,} images: {time.perf_counter() - started:.0f}s")
+        if selection:
+            conn.execute(
+                "ALTER TABLE annotation_rankingtask ALTER COLUMN selection_draw DROP DEFAULT,"
+                " ALTER COLUMN priority DROP DEFAULT"
+            )
         t = time.perf_counter()
         conn.execute("VACUUM (ANALYZE)")
         log(f"VACUUM ANALYZE {time.perf_counter() - t:.0f}s")
 
 
-def ensure_database(base_url: str, n_images: int, *, refill: bool, env: dict[str, str]) -> str:
+def ensure_database(
+    base_url: str, n_images: int, *, refill: bool, env: dict[str, str], prefix: str = DB_PREFIX
+) -> str:
     import psycopg
 
-    name = db_name(n_images)
+    name = db_name(n_images, prefix)
     url = _with_db(base_url, name)
     with psycopg.connect(_with_db(base_url, "postgres"), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
@@ -439,6 +486,11 @@ def main() -> None:
     parser.add_argument("--refill", action="store_true", help="drop and refill the databases")
     parser.add_argument("--fill-only", action="store_true")
     parser.add_argument("--drop", action="store_true", help="drop the bench databases and exit")
+    parser.add_argument(
+        "--db-prefix",
+        default=DB_PREFIX,
+        help="database name prefix (another prefix keeps a second code version's databases apart)",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -448,7 +500,7 @@ def main() -> None:
 
         with psycopg.connect(_with_db(base_url, "postgres"), autocommit=True) as conn:
             for n in sizes:
-                conn.execute(f'DROP DATABASE IF EXISTS "{db_name(n)}" WITH (FORCE)')
+                conn.execute(f'DROP DATABASE IF EXISTS "{db_name(n, args.db_prefix)}" WITH (FORCE)')
         return
     work = Path(tempfile.mkdtemp(prefix="bench-claim-scale-"))
     prefix = f"bench{os.getpid()}-"
@@ -463,7 +515,7 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",
         "DJANGO_SETTINGS_MODULE": "config.settings",
     }
-    names = [ensure_database(base_url, n, refill=args.refill, env=env) for n in sizes]
+    names = [ensure_database(base_url, n, refill=args.refill, env=env, prefix=args.db_prefix) for n in sizes]
     if args.fill_only:
         return
 
@@ -494,7 +546,9 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         OUT.mkdir(parents=True, exist_ok=True)
         for driver, n in zip(drivers, sizes, strict=True):
-            path = OUT / f"claim_scale_plans_{db_name(n).removeprefix('itercomp_bench_')}.txt"
+            path = (
+                OUT / f"claim_scale_plans_{args.db_prefix.removeprefix('itercomp_bench_')}{size_label(n)}.txt"
+            )
             path.write_text(explain_one(driver))
             log(f"plans: {path.relative_to(ROOT)}")
     finally:
