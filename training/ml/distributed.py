@@ -70,8 +70,17 @@ def sum_across(accelerator: Any, value: torch.Tensor) -> torch.Tensor:
     return accelerator.reduce(value.detach().clone().to(accelerator.device), reduction="sum")
 
 
-def is_main_process() -> bool:
-    """True outside a multi-process launch, and in its rank-0 process."""
+def process_state() -> Any:
+    """accelerate's process state, set up on first use (by a launched run, before its first Accelerator).
+
+    Without a GPU it must be created with ``cpu=True``: otherwise accelerate does not join a launch's
+    processes into one gloo group and each would train alone as a single process.
+    """
     from accelerate import PartialState
 
-    return PartialState().is_main_process
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    """True outside a multi-process launch, and in its rank-0 process."""
+    return process_state().is_main_process

@@ -104,7 +104,7 @@ def run_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Run one spec's step in this process (one of the launched ones); returns the main process's result."""
     from training.ml.algorithm1 import steps
     from training.ml.algorithm1.config import RoundConfig
-    from training.ml.distributed import is_main_process
+    from training.ml.distributed import is_main_process, process_state
     from training.ml.reward.data import read_pairs
 
     stage = spec["stage"]
@@ -165,11 +165,9 @@ def run_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
             progress=progress,
         )
         info, curve = result.checkpoint, result.curve
-    from accelerate import PartialState
-
     outcome = {
         "stage": stage,
-        "num_processes": PartialState().num_processes,
+        "num_processes": process_state().num_processes,
         "checkpoint": {
             "path": str(info.path),
             "kind": info.kind,
@@ -193,11 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # What the caller asked for (OMP_NUM_THREADS), not what torchrun's defaults would give.
     if os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    from training.ml.distributed import process_state
+
+    state = process_state()  # joins the launch's processes before any trainer builds an Accelerator
     for path in args.spec:
         run_spec(json.loads(Path(path).read_text()))
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
+    state.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 
