@@ -6,7 +6,8 @@ takes its share of every batch, the random draws belong to the global sample and
 the gradients, so the runs differ only by float32 summation order (shares summed apart, then averaged by
 gloo). Tolerances, and why:
 
-- per-step losses and Adam's moment estimates (the optimiser state): relative 1e-5, absolute 1e-6;
+- per-step losses and Adam's moment estimates (the optimiser state): relative 1e-5, absolute 1e-6
+  (DPO's losses after the first step: relative 1e-4, as its β = 500 magnifies the weights' difference);
 - weights: the whole state's relative L2 difference ≤ 1e-4. Not per element: Adam divides each
   coordinate's step by that coordinate's own RMS gradient, so a coordinate whose gradient is at rounding
   level moves by about ±lr whichever way rounding tipped it (measured: 30 of 253k ReFL weights beyond
@@ -141,12 +142,14 @@ def _relative_l2(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return (difference / size) ** 0.5
 
 
-def _assert_same_run(one: dict, two: dict) -> None:
+def _assert_same_run(one: dict, two: dict, loss_rtol: float = RTOL) -> None:
     assert (one["num_processes"], two["num_processes"]) == (1, 2)
     # Progress is reported once per step (by the main process), and the trajectories agree.
     steps = [e["step"] for e in two["progress"] if "loss" in e["metrics"]]
     assert steps == sorted(set(steps)) and len(steps) >= STEPS
-    torch.testing.assert_close(torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(
+        torch.tensor(_losses(two)), torch.tensor(_losses(one)), rtol=loss_rtol, atol=loss_rtol / 10
+    )
     # One checkpoint, written once: the same files as the 1-process run, no staging leftovers.
     path_one, path_two = Path(one["checkpoint"]["path"]), Path(two["checkpoint"]["path"])
     output_one, output_two = path_one.parent, path_two.parent
@@ -169,7 +172,7 @@ def test_reward_training_on_two_processes_follows_the_one_process_trajectory(run
     _assert_same_run(one, two)
     m1, m2 = one["checkpoint"]["metrics"], two["checkpoint"]["metrics"]
     assert m2["steps"] == m1["steps"] and m2["train_image_encoder_rows"] == m1["train_image_encoder_rows"]
-    assert m2["val_accuracy"] == pytest.approx(m1["val_accuracy"])
+    assert m2["history"] == m1["history"]
 
 
 def test_refl_on_two_processes_follows_the_one_process_trajectory_and_guard(runs):
@@ -189,7 +192,9 @@ def test_refl_on_two_processes_follows_the_one_process_trajectory_and_guard(runs
 
 def test_diffusion_dpo_on_two_processes_follows_the_one_process_trajectory(runs):
     one, two = runs[1]["dpo"], runs[2]["dpo"]
-    _assert_same_run(one, two)
+    # β = 500 multiplies the denoising-error differences that Adam's rounding-level coordinates leave
+    # after a step (see the module docstring): measured 2.2e-5 relative at step 3, so 1e-4 here.
+    _assert_same_run(one, two, loss_rtol=1e-4)
     held = [
         one["checkpoint"]["metrics"]["heldout_implicit_acc"],
         two["checkpoint"]["metrics"]["heldout_implicit_acc"],
