@@ -243,6 +243,9 @@ REWARD_BLIP_PATH = env_str("REWARD_BLIP_PATH", "")
 WORLD_BASE_MODEL_PATH = env_str("WORLD_BASE_MODEL_PATH", "")
 # The synthetic world's pretrained reward encoder (a local BLIP folder); empty: the committed one.
 WORLD_ENCODER_PATH = env_str("WORLD_ENCODER_PATH", "")
+# Processes (one per GPU) a worker's training stages run on: 1 trains inside the worker process; more
+# runs each training step under `accelerate launch --num_processes N` (README "Multi-GPU training").
+TRAINING_NUM_PROCESSES = env_int("TRAINING_NUM_PROCESSES", 1, minimum=1, maximum=64)
 ROUND_STALE_AFTER_S = env_int("ROUND_STALE_AFTER_S", 120, minimum=5)
 ROUND_AUTO_RESUME_ATTEMPTS = env_int("ROUND_AUTO_RESUME_ATTEMPTS", 0, minimum=0, maximum=10)
 RECONCILE_AFTER_S = env_int("RECONCILE_AFTER_S", 300, minimum=5)

@@ -85,6 +85,51 @@ def storage_image_loader() -> Callable[[str, str], Any]:
     return load
 
 
+def multi_process() -> int | None:
+    """TRAINING_NUM_PROCESSES when a training step runs as a multi-process launch; None: in this process."""
+    return settings.TRAINING_NUM_PROCESSES if settings.TRAINING_NUM_PROCESSES > 1 else None
+
+
+def local_images(records) -> dict[str, str]:
+    """Stored image name → local verified copy, for every image of ``records`` (a launched step's loader)."""
+    images = {}
+    for r in records:
+        for name, sha in ((r.winner_path, r.winner_sha256), (r.loser_path, r.loser_sha256)):
+            if name not in images:
+                images[name] = str(file_fetch(name, sha))
+    return images
+
+
+def launch_step(context: StageContext, stage: str, spec: dict, label: str) -> dict:
+    """Run one training step of ``training.ml.launch`` on TRAINING_NUM_PROCESSES processes and wait for it.
+
+    Its progress reaches the round as the in-process step's does (a cancel stops it at its next step);
+    what comes back is the main process's result: the one checkpoint's path and metrics, the curve.
+    """
+    from training.ml.launch import launch
+
+    processes = settings.TRAINING_NUM_PROCESSES
+    round_log(
+        round_id=context.training_round.pk,
+        message=f"{label}: training on {processes} processes (accelerate launch)",
+    )
+    workdir = _workdir(context, f"launch-{stage}")
+    spec = {"stage": stage, **spec}
+    return launch([spec], workdir, processes, progress=context.progress_callback(label))[0]
+
+
+def _checkpoint_info(result: dict):
+    from training.ml.common import CheckpointInfo
+
+    info = result["checkpoint"]
+    return CheckpointInfo(
+        path=Path(info["path"]),
+        kind=info["kind"],
+        metrics=info["metrics"],
+        stopped_early=info["stopped_early"],
+    )
+
+
 def reward_pretrained_path(config: RoundConfig) -> str | None:
     """The BLIP folder the worker names: REWARD_BLIP_PATH for a diffusers base; for the synthetic world
     WORLD_ENCODER_PATH, else the committed world encoder (the round's backbone setting decides whether
@@ -216,18 +261,35 @@ def stage_train_rewards(context: StageContext) -> None:
             message=f"training the {category.name} reward model on {n_pairs} pairs",
         )
         records = read_pairs(pairs_path)
-        info = train_reward(
-            config,
-            category.slug,
-            records,
-            storage_image_loader(),
-            _workdir(context, "reward") / category.slug,
-            context.iteration,
-            pretrained_path=reward_pretrained_path(config),
-            progress=context.progress_callback(f"reward model · {category.name}"),
-            own_images=mine,
-            previous=previous_reward_dir(context.training_round, category, context.iteration),
-        )
+        output_dir = _workdir(context, "reward") / category.slug
+        label = f"reward model · {category.name}"
+        previous = previous_reward_dir(context.training_round, category, context.iteration)
+        if multi_process():
+            spec = {
+                "round_config": config.to_dict(),
+                "category": category.slug,
+                "pairs": str(pairs_path),
+                "images": local_images(records),
+                "output_dir": str(output_dir),
+                "iteration": context.iteration,
+                "pretrained_path": reward_pretrained_path(config),
+                "own_images": sorted(mine),
+                "previous": None if previous is None else str(previous),
+            }
+            info = _checkpoint_info(launch_step(context, "reward", spec, label))
+        else:
+            info = train_reward(
+                config,
+                category.slug,
+                records,
+                storage_image_loader(),
+                output_dir,
+                context.iteration,
+                pretrained_path=reward_pretrained_path(config),
+                progress=context.progress_callback(label),
+                own_images=mine,
+                previous=previous,
+            )
         round_log(round_id=context.training_round.pk, message=_own_accuracy_line(category, info.metrics))
         name, sha = artifact_store_dir(info.path, prefix="checkpoints/reward")
         checkpoint, _ = RewardModelCheckpoint.objects.update_or_create(
@@ -393,18 +455,38 @@ def finetune_by_dpo(context: StageContext, config: RoundConfig, family: str, pat
             )
         ),
     )
-    result = finetune_dpo(
-        config,
-        family=family,
-        base_path=path,
-        chain=policy_chain(context.training_round, context.iteration),
-        pairs=train,
-        loader=storage_image_loader(),
-        output_dir=_workdir(context, "dpo"),
-        iteration=context.iteration,
-        heldout_pairs=heldout,
-        progress=context.progress_callback("Diffusion-DPO"),
-    )
+    chain = policy_chain(context.training_round, context.iteration)
+    if multi_process():
+        from training.ml.algorithm1.steps import FinetuneResult
+        from training.ml.reward.data import write_pairs_jsonl
+
+        inputs = _workdir(context, "dpo-inputs")
+        spec = {
+            "round_config": config.to_dict(),
+            "family": family,
+            "base_path": path,
+            "chain": [str(c) for c in chain],
+            "pairs": str(write_pairs_jsonl(train, inputs / "train.jsonl")),
+            "heldout_pairs": str(write_pairs_jsonl(heldout, inputs / "heldout.jsonl")),
+            "images": local_images([*train, *heldout]),
+            "output_dir": str(_workdir(context, "dpo")),
+            "iteration": context.iteration,
+        }
+        launched = launch_step(context, "dpo", spec, "Diffusion-DPO")
+        result = FinetuneResult(_checkpoint_info(launched), launched["curve"])
+    else:
+        result = finetune_dpo(
+            config,
+            family=family,
+            base_path=path,
+            chain=chain,
+            pairs=train,
+            loader=storage_image_loader(),
+            output_dir=_workdir(context, "dpo"),
+            iteration=context.iteration,
+            heldout_pairs=heldout,
+            progress=context.progress_callback("Diffusion-DPO"),
+        )
     return result, dataset_fingerprint(train)["sha256"]
 
 
@@ -445,22 +527,47 @@ def stage_feedback_learning(context: StageContext) -> None:
         from training.ml.refl.world_adapter import oracle_evaluator
 
         heldout = oracle_evaluator
-    result = finetune(
-        config,
-        family=family,
-        base_path=path,
-        chain=policy_chain(context.training_round, context.iteration),
-        rewards=rewards,
-        prompts=prompts,
-        validation_prompts=validation,
-        output_dir=_workdir(context, "refl"),
-        iteration=context.iteration,
-        categories=prompt_categories(train_pool, validation_pool),
-        pretrain=pretrain_data(config, family, context.iteration, preferred=preferred_images(categories)),
-        heldout=heldout,
-        progress=context.progress_callback("feedback learning"),
-        reward_metrics={row.category.slug: row.metrics for row in reward_rows},
-    )
+    chain = policy_chain(context.training_round, context.iteration)
+    pretrain = pretrain_data(config, family, context.iteration, preferred=preferred_images(categories))
+    reward_metrics = {row.category.slug: row.metrics for row in reward_rows}
+    if multi_process():
+        from training.ml.algorithm1.steps import FinetuneResult
+        from training.ml.launch import save_pretrain
+
+        spec = {
+            "round_config": config.to_dict(),
+            "family": family,
+            "base_path": path,
+            "chain": [str(c) for c in chain],
+            "rewards": {slug: str(p) for slug, p in rewards.items()},
+            "prompts": prompts,
+            "validation_prompts": validation,
+            "output_dir": str(_workdir(context, "refl")),
+            "iteration": context.iteration,
+            "categories": prompt_categories(train_pool, validation_pool),
+            "pretrain": save_pretrain(pretrain, _workdir(context, "refl-inputs") / "pretrain.safetensors"),
+            "heldout": "world_oracle" if heldout is not None else None,
+            "reward_metrics": _jsonable(reward_metrics),
+        }
+        launched = launch_step(context, "refl", spec, "feedback learning")
+        result = FinetuneResult(_checkpoint_info(launched), launched["curve"])
+    else:
+        result = finetune(
+            config,
+            family=family,
+            base_path=path,
+            chain=chain,
+            rewards=rewards,
+            prompts=prompts,
+            validation_prompts=validation,
+            output_dir=_workdir(context, "refl"),
+            iteration=context.iteration,
+            categories=prompt_categories(train_pool, validation_pool),
+            pretrain=pretrain,
+            heldout=heldout,
+            progress=context.progress_callback("feedback learning"),
+            reward_metrics=reward_metrics,
+        )
     dataset_hash = ",".join(sorted(str(p)[-12:] for p in rewards.values()))
     _register_finetuned(context, config, family, path, result, dataset_hash)
 

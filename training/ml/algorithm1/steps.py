@@ -34,6 +34,7 @@ from rankmath.pairs import insert_by_score
 from training.ml.algorithm1.config import RoundConfig
 from training.ml.algorithm1.gate import GateClosed, PairAccuracy, gate_reason, pair_accuracy, split_own_pairs
 from training.ml.common import CheckpointError, CheckpointInfo, ProgressCallback
+from training.ml.distributed import is_main_process
 from training.ml.dpo.config import DPOConfig
 from training.ml.dpo.trainer import CHECKPOINT_KIND as DPO_CHECKPOINT_KIND
 from training.ml.dpo.trainer import DPOTrainer
@@ -292,6 +293,8 @@ def train_reward(
         RewardData(records=train, image_loader=image_loader),
         progress,
     )
+    if not is_main_process():
+        return info  # the main process finishes (and rewrites) the one checkpoint
     # Measured before the re-normalisation (a monotone map: the same accuracy), so that the checkpoint
     # it rewrites carries the figure the next iteration's drop check reads back.
     accuracy = own_sample_accuracy(info.path, gate, image_loader, seed=config.seed + iteration)
@@ -644,7 +647,8 @@ def finetune_dpo(
         scores = trainer.evaluate_pairs(heldout, seed=config.seed)
         return {f"val/{k}": v for k, v in scores.items()}
 
-    if heldout:
+    # Held-out evaluations, like progress reports, happen on the main process only.
+    if heldout and trainer.accelerator.is_main_process:
         curve.append({"step": trainer.step, **held_out()})  # 0, or where a resumed run continues
 
     def record(step: int, total: int, metrics: Mapping[str, float]) -> bool | None:
@@ -655,6 +659,9 @@ def finetune_dpo(
         return progress(step, total, {**metrics, **keep}) if progress is not None else None
 
     summary = trainer.train(record)
+    if not trainer.accelerator.is_main_process:
+        assert summary.checkpoint is not None
+        return FinetuneResult(CheckpointInfo(summary.checkpoint, DPO_CHECKPOINT_KIND, {}), [])
     if heldout and (
         not curve or curve[-1].get("step") != summary.steps or "val/implicit_acc" not in curve[-1]
     ):

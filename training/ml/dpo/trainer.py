@@ -36,6 +36,7 @@ from training.ml.common import (
     report_progress,
     save_checkpoint,
 )
+from training.ml.distributed import ddp_handlers, main_decides, mean_across, shard
 from training.ml.dpo.config import DPOConfig
 from training.ml.dpo.losses import denoising_errors, dpo_logits, dpo_loss, implicit_reward_accuracy
 from training.ml.refl.adapters import Cond, DiffusionAdapter
@@ -120,8 +121,10 @@ class DPOTrainer:
         if accelerator is None:
             from accelerate import Accelerator
 
-            accelerator = Accelerator(mixed_precision=config.mixed_precision)
+            accelerator = Accelerator(mixed_precision=config.mixed_precision, kwargs_handlers=ddp_handlers())
         self.accelerator = accelerator
+        if accelerator.num_processes > 1:
+            shard(config.batch_size, 0, accelerator.num_processes)  # refused before anything is loaded
         frozen_dtype = place_on_accelerator(adapter, accelerator, config.mixed_precision)
 
         self.unet = adapter.unet
@@ -198,24 +201,38 @@ class DPOTrainer:
 
     # ------------------------------------------------------------------ the objective
 
-    def _logits(self, records: Sequence[PairRecord], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Logits of ``records`` with noise and timesteps drawn from ``generator``."""
+    def _logits(
+        self,
+        records: Sequence[PairRecord],
+        generator: torch.Generator,
+        *,
+        unet: nn.Module | None = None,
+        drawn: int | None = None,
+        mine: slice = slice(None),
+    ) -> dict[str, torch.Tensor]:
+        """Logits of ``records`` with noise and timesteps drawn from ``generator``.
+
+        ``drawn`` pairs' noise and timesteps are drawn (the combined batch's), of which ``records`` are the
+        ``mine`` share. ``unet`` defaults to the trained one as the training step calls it; evaluation on
+        one process passes the plain module (a DDP-wrapped call would wait for the other processes).
+        """
         adapter = self.adapter
         device = self.accelerator.device
         latents = [self.pair_latents(r) for r in records]
         winners = torch.stack([w for w, _ in latents])
         losers = torch.stack([lo for _, lo in latents])
         clean = torch.cat([winners, losers])
+        drawn = len(records) if drawn is None else drawn
         # The same noise and the same timestep for a pair's winner and loser: only the image differs.
-        noise = torch.randn(winners.shape, generator=generator).to(device, clean.dtype)
+        noise = torch.randn((drawn, *winners.shape[1:]), generator=generator)[mine].to(device, clean.dtype)
         noise = torch.cat([noise, noise])
         num_train = adapter.scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, num_train, (len(records),), generator=generator).to(device).repeat(2)
+        timesteps = torch.randint(0, num_train, (drawn,), generator=generator)[mine].to(device).repeat(2)
         noisy = adapter.scheduler.add_noise(clean, noise, timesteps)
         prompts = [r.prompt for r in records]
         cond = self._cond(prompts + prompts)
         target = denoising_target(adapter.scheduler, clean, noise, timesteps)
-        prediction = adapter.denoise(self.unet_for_training, noisy, timesteps, cond)
+        prediction = adapter.denoise(self.unet_for_training if unet is None else unet, noisy, timesteps, cond)
         with torch.no_grad(), self.reference_unet() as reference:
             ref_prediction = adapter.denoise(reference, noisy, timesteps, cond)
         model_w, model_l = denoising_errors(prediction, target).chunk(2)
@@ -234,14 +251,18 @@ class DPOTrainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.config
         acc = self.accelerator
-        generator = _step_generator(cfg.seed, self.step, acc.process_index)
-        indices = torch.randint(len(self.pairs), (cfg.batch_size,), generator=generator).tolist()
+        # The same draws on every process (the combined batch's); each keeps its share of the pairs.
+        generator = _step_generator(cfg.seed, self.step, 0)
+        mine = shard(cfg.batch_size, acc.process_index, acc.num_processes)
+        indices = torch.randint(len(self.pairs), (cfg.batch_size,), generator=generator).tolist()[mine]
         lr = set_learning_rate(self.optimizer, cfg, self.step)  # type: ignore[arg-type]
         metrics: dict[str, float] = {"lr": lr}
         # Dropout (e.g. LoRA dropout) draws from the global RNG: seed it per step for exact resumption.
         with torch.random.fork_rng(devices=_cuda_devices()), acc.autocast():
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            out = self._logits([self.pairs[i].record for i in indices], generator)
+            out = self._logits(
+                [self.pairs[i].record for i in indices], generator, drawn=cfg.batch_size, mine=mine
+            )
             loss = self._loss(indices, out)
         acc.backward(loss)
         if cfg.max_grad_norm is not None:
@@ -251,13 +272,23 @@ class DPOTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
-        decided = [k for k, i in enumerate(indices) if self.pairs[i].label == 1.0]
-        logits = out["logits"].detach()
-        metrics["loss"] = float(loss.detach())
-        metrics["model_mse"] = float(out["model_mse"].detach())
-        metrics["ref_mse"] = float(out["ref_mse"].detach())
+        # Metrics of the combined batch: means over equal shares average; the accuracy needs every logit.
+        shared = mean_across(
+            acc,
+            {
+                "loss": float(loss.detach()),
+                "model_mse": float(out["model_mse"].detach()),
+                "ref_mse": float(out["ref_mse"].detach()),
+            },
+        )
+        metrics.update(shared)
+        logits = out["logits"].detach().float()
+        decided = torch.tensor([float(self.pairs[i].label == 1.0) for i in indices], device=logits.device)
+        if acc.num_processes > 1:
+            logits, decided = acc.gather(logits), acc.gather(decided)
+        decided = decided > 0
         metrics["margin"] = float(logits.mean())
-        if decided:
+        if bool(decided.any()):
             metrics["implicit_acc"] = float(implicit_reward_accuracy(logits[decided]))
         self.last_metrics = metrics
         return metrics
@@ -282,7 +313,7 @@ class DPOTrainer:
             for _ in range(draws):
                 for start in range(0, len(decided), self.config.batch_size):
                     chunk = decided[start : start + self.config.batch_size]
-                    logits.append(self._logits(chunk, generator)["logits"].float())
+                    logits.append(self._logits(chunk, generator, unet=self.unet)["logits"].float())
         finally:
             self.unet.train(was_training)
         z = torch.cat(logits)
@@ -298,7 +329,10 @@ class DPOTrainer:
             metrics = self.train_step()
             if self.output_dir is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save(self.output_dir / "last")
-            if not report_progress(progress, self.step, cfg.max_steps, metrics):
+            keep_going = main_decides(
+                self.accelerator, lambda m=metrics: report_progress(progress, self.step, cfg.max_steps, m)
+            )
+            if not keep_going:
                 stop_reason = "requested"
                 break
         checkpoint = self.save(self.output_dir / "last") if self.output_dir is not None else None
@@ -324,7 +358,17 @@ class DPOTrainer:
         return {n: p.detach() for n, p in self.named_params.items()}
 
     def save(self, directory: str | Path, *, include_optimizer: bool = True) -> Path:
-        """Self-describing checkpoint: trainable weights (+ optimiser) as safetensors, config, metrics."""
+        """Self-describing checkpoint: trainable weights (+ optimiser) as safetensors, config, metrics.
+
+        Called by every process; the main process writes (the states are equal), the others wait for it.
+        """
+        directory = Path(directory)
+        if self.accelerator.is_main_process:
+            self._write(directory, include_optimizer)
+        self.accelerator.wait_for_everyone()
+        return directory
+
+    def _write(self, directory: Path, include_optimizer: bool) -> Path:
         optimizer_meta = None
         with tempfile.TemporaryDirectory() as tmp:
             extra_files = {}

@@ -33,6 +33,7 @@ from training.ml.common import (
     report_progress,
     save_checkpoint,
 )
+from training.ml.distributed import ddp_handlers, main_decides, mean_across, shard
 from training.ml.preprocess import PreprocessConfig, resize_images
 from training.ml.refl.adapters import Conditioning, DiffusionAdapter
 from training.ml.refl.config import ReFLConfig
@@ -158,8 +159,21 @@ class ReFLTrainer:
         if accelerator is None:
             from accelerate import Accelerator
 
-            accelerator = Accelerator(mixed_precision=config.mixed_precision)
+            accelerator = Accelerator(mixed_precision=config.mixed_precision, kwargs_handlers=ddp_handlers())
         self.accelerator = accelerator
+        if accelerator.num_processes > 1:
+            # Fail before loading anything big: the combined batches must split evenly over the processes.
+            shard(config.batch_size, 0, accelerator.num_processes)
+            shard(
+                config.pretrain_batch_size or config.batch_size,
+                0,
+                accelerator.num_processes,
+                "pretraining batch",
+            )
+            if config.eta > 0:
+                raise ValueError(
+                    "DDIM eta > 0 draws sampling noise per process batch; multi-process ReFL needs eta = 0"
+                )
         place_on_accelerator(adapter, accelerator, config.mixed_precision)
         scorers = [spec.fn for spec in self.rewards.values()] + ([heldout] if heldout is not None else [])
         for fn in scorers:
@@ -221,9 +235,12 @@ class ReFLTrainer:
         assert self.pretrain_data
         cfg = self.config
         batch = cfg.pretrain_batch_size or cfg.batch_size
+        acc = self.accelerator
         index = torch.randint(len(self.pretrain_data), (batch,), generator=generator).tolist()
-        prompts = [self.pretrain_data[i][0] for i in index]
-        images = torch.stack([self.pretrain_data[i][1] for i in index]).to(self.accelerator.device).float()
+        # The combined batch is drawn (and VAE-encoded, whose sample draws noise) on every process, which
+        # keeps this process's share. Encoding is frozen and without gradients, so only time is repeated.
+        mine = shard(batch, acc.process_index, acc.num_processes, "pretraining batch")
+        images = torch.stack([self.pretrain_data[i][1] for i in index]).to(acc.device).float()
         if images.shape[-2:] != (self.height, self.width):
             images = F.interpolate(images, size=(self.height, self.width), mode="bilinear", antialias=True)
         adapter = self.adapter
@@ -231,6 +248,8 @@ class ReFLTrainer:
         noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
         num_train = adapter.scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, num_train, (batch,), generator=generator).to(clean.device)
+        prompts = [self.pretrain_data[i][0] for i in index[mine]]
+        clean, noise, timesteps = clean[mine], noise[mine], timesteps[mine]
         noisy = adapter.scheduler.add_noise(clean, noise, timesteps)
         cond = adapter.encode_prompts(prompts, guided=False, height=self.height, width=self.width)
         prediction = adapter.denoise(self.unet_for_training, noisy, timesteps, cond.cond)
@@ -240,13 +259,15 @@ class ReFLTrainer:
     def train_step(self) -> dict[str, float]:
         cfg = self.config
         acc = self.accelerator
-        generator = _step_generator(cfg.seed, self.step, acc.process_index)
+        # The same draws on every process (the combined batch's); each keeps its share of the samples.
+        generator = _step_generator(cfg.seed, self.step, 0)
+        mine = shard(cfg.batch_size, acc.process_index, acc.num_processes)
         prompts = [
             self.prompts[i] for i in torch.randint(len(self.prompts), (cfg.batch_size,), generator=generator)
-        ]
+        ][mine]
         lo, hi = cfg.stop_step_range
         stop_index = int(torch.randint(lo, hi + 1, (1,), generator=generator))
-        latents = initial_noise(self.adapter, cfg.batch_size, self.height, self.width, generator)
+        latents = initial_noise(self.adapter, cfg.batch_size, self.height, self.width, generator)[mine]
         guided = cfg.guidance_scale > 1.0
         cond = self.adapter.encode_prompts(prompts, guided=guided, height=self.height, width=self.width)
         lr = set_learning_rate(self.optimizer, cfg, self.step)
@@ -295,6 +316,8 @@ class ReFLTrainer:
         for name, value in rewards.items():
             metrics[f"reward/{name}"] = float(value.detach().mean())
         metrics["reward"] = float(weighted_reward(rewards, self.reward_weights).detach().mean())
+        # Means over equal shares: their mean is the combined batch's (lr, stop index and norm are shared).
+        metrics = mean_across(acc, metrics)
         self.last_metrics = metrics
         return metrics
 
@@ -364,7 +387,9 @@ class ReFLTrainer:
         return out, per_prompt
 
     def _guard_check(self) -> tuple[dict[str, float], bool]:
-        scores, per_prompt = self._evaluate()
+        # The main process evaluates; every process observes its scores, so all hold the same guard state
+        # and take the same decision.
+        scores, per_prompt = main_decides(self.accelerator, self._evaluate)
         decision = self.guard.observe(
             GuardEvaluation(self.step, scores["reward"], scores["heldout"], prompt_scores=per_prompt)
         )
@@ -380,8 +405,7 @@ class ReFLTrainer:
 
     def _snapshot_best(self) -> None:
         if self.output_dir is not None:
-            if self.accelerator.is_main_process:
-                self.save(self.output_dir / "best", include_optimizer=False)
+            self.save(self.output_dir / "best", include_optimizer=False)
             self._best_memory = None
         else:
             # Without an output folder the best weights stay in (CPU) memory.
@@ -434,7 +458,9 @@ class ReFLTrainer:
                     stop_reason = "reward_hacking"
             if self.output_dir is not None and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save(self.output_dir / "last")
-            keep_going = report_progress(progress, self.step, total, metrics)
+            keep_going = main_decides(
+                self.accelerator, lambda m=metrics: report_progress(progress, self.step, total, m)
+            )
             if stop_reason is None and not keep_going:
                 stop_reason = "requested"
             if stop_reason is not None:
@@ -480,7 +506,17 @@ class ReFLTrainer:
         return {n: p.detach() for n, p in self.named_params.items()}
 
     def save(self, directory: str | Path, *, include_optimizer: bool = True) -> Path:
-        """Self-describing checkpoint: trainable weights (+ EMA, optimiser) as safetensors, config, metrics."""
+        """Self-describing checkpoint: trainable weights (+ EMA, optimiser) as safetensors, config, metrics.
+
+        Called by every process; the main process writes (the states are equal), the others wait for it.
+        """
+        directory = Path(directory)
+        if self.accelerator.is_main_process:
+            self._write(directory, include_optimizer)
+        self.accelerator.wait_for_everyone()
+        return directory
+
+    def _write(self, directory: Path, include_optimizer: bool) -> Path:
         extra_tensors: dict[str, dict[str, torch.Tensor]] = {}
         optimizer_meta = None
         if self.ema is not None:

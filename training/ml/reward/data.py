@@ -391,7 +391,8 @@ class GroupCollator:
             image = augment_image(image, self.augment, self.generator)
         return image
 
-    def __call__(self, groups: Sequence[PromptGroup]) -> GroupBatch:
+    def __call__(self, groups: Sequence[PromptGroup], seeds: Sequence[int] | None = None) -> GroupBatch:
+        """``seeds``: one per group, reseeding the augmentation generator before that group's images."""
         images: list[torch.Tensor] = []
         prompt_index: list[int] = []
         winners: list[int] = []
@@ -400,6 +401,8 @@ class GroupCollator:
         weights: list[float] = []
         subcats: list[str | None] = []
         for g_idx, group in enumerate(groups):
+            if seeds is not None:
+                self.generator.manual_seed(seeds[g_idx])
             if self.batching == "listwise":
                 offset = len(images)
                 images.extend(self._prepared(ref) for ref in group.images)

@@ -50,8 +50,13 @@ def listwise_pair_loss(
     labels: torch.Tensor,
     weights: torch.Tensor,
     tie_mode: str = "half",
+    denominator: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Weighted mean pairwise loss from a flat score vector; 0 (with a graph) if no pair has weight."""
+    """Weighted mean pairwise loss from a flat score vector; 0 (with a graph) if no pair has weight.
+
+    ``denominator`` replaces this batch's weight sum (a share of a combined batch divides by the combined
+    batch's weight, so that the shares' losses add up to its mean).
+    """
     if scores.ndim != 1:
         raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
     if not (winners.shape == losers.shape == labels.shape == weights.shape):
@@ -61,7 +66,7 @@ def listwise_pair_loss(
     diff = scores[winners] - scores[losers]
     labels = labels.to(diff.dtype)
     w = pair_weights(labels, weights.to(diff.dtype), tie_mode)
-    total = w.sum()
+    total = w.sum() if denominator is None else denominator.to(w)
     if winners.numel() == 0 or total <= 0:
         return scores.sum() * 0.0
     return (w * per_pair_loss(diff, labels)).sum() / total

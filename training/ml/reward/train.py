@@ -8,6 +8,7 @@ normalisation is measured on the training images with the selected weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -28,9 +29,11 @@ from training.ml.common import (
     report_progress,
     seed_everything,
 )
+from training.ml.distributed import ddp_handlers, main_decides, sum_across
 from training.ml.reward.checkpoint import KIND, save_reward_model
 from training.ml.reward.config import RewardTrainConfig
 from training.ml.reward.data import (
+    GroupBatch,
     GroupCollator,
     GroupPair,
     ImageLoader,
@@ -43,7 +46,7 @@ from training.ml.reward.data import (
     split_groups,
 )
 from training.ml.reward.evaluate import EvalCounts, evaluate_groups, raw_score_stats
-from training.ml.reward.losses import listwise_pair_loss
+from training.ml.reward.losses import listwise_pair_loss, pair_weights
 from training.ml.reward.model import RewardModel, build_reward_model
 
 
@@ -113,6 +116,38 @@ def _shard(groups: Sequence[PromptGroup], accelerator: Accelerator) -> list[Prom
     return list(groups[accelerator.process_index :: accelerator.num_processes])
 
 
+class _ShardCollate:
+    """Collates this process's share of a global batch of groups: every N-th group from its index on.
+
+    A global batch smaller than the number of processes (an epoch's last) leaves some processes without a
+    group; they collate the batch's first group with weight 0 (DDP needs every process in every step), and
+    the flag returned with the batch says so. Augmentation draws from a generator seeded by (seed, epoch,
+    prompt): a group is augmented alike whichever process collates it.
+    """
+
+    def __init__(self, collator: GroupCollator, accelerator: Accelerator, seed: int) -> None:
+        self.collator = collator
+        self.index = accelerator.process_index
+        self.count = accelerator.num_processes
+        self.seed = seed
+        self.epoch = 0
+
+    def __call__(self, groups: Sequence[PromptGroup]) -> tuple[GroupBatch, bool]:
+        mine = list(groups[self.index :: self.count])
+        placeholder = not mine
+        if placeholder:
+            mine = list(groups[:1])
+        seeds = None
+        if self.collator.augment is not None:
+            seeds = [
+                (self.seed * 1_000_003 + self.epoch * 9_973 + g.prompt_id * 7_919) % (2**63 - 1) for g in mine
+            ]
+        batch = self.collator(mine, seeds=seeds)
+        if placeholder:
+            batch = dataclasses.replace(batch, weights=torch.zeros_like(batch.weights))
+        return batch, placeholder
+
+
 def _evaluate_distributed(
     model: RewardModel,
     groups: Sequence[PromptGroup],
@@ -146,6 +181,7 @@ def _fresh_accelerator(config: RewardTrainConfig) -> Accelerator:
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
         cpu=config.cpu,
+        kwargs_handlers=ddp_handlers(),
     )
 
 
@@ -170,26 +206,27 @@ def train_reward_model(
     )
     eval_collator = GroupCollator(data.image_loader, preprocess, "listwise", None, cache=config.cache_images)
 
+    # Every process iterates the same global batches (same shuffle) and collates only its share of each.
+    shard_collate = _ShardCollate(train_collator, accelerator, config.seed)
     loader = DataLoader(
         splits["train"],
         batch_size=config.batch_groups,
         shuffle=True,
-        collate_fn=train_collator,
+        collate_fn=shard_collate,
         num_workers=config.num_workers,
         generator=generator,
     )
     optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr, betas=config.betas)
-    steps_per_epoch = math.ceil(len(loader) / accelerator.num_processes / config.grad_accum)
+    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    # A prepared scheduler is stepped once per process each optimizer step.
     scheduler = get_cosine_schedule_with_warmup(
         optimizer,
-        num_warmup_steps=round(config.warmup_ratio * total_steps) * accelerator.num_processes,
-        num_training_steps=total_steps * accelerator.num_processes,
+        num_warmup_steps=round(config.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
     )
-    wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     best: dict[str, Any] = {"accuracy": -1.0, "loss": math.inf, "state": None, "step": 0}
@@ -207,36 +244,55 @@ def train_reward_model(
         acc, loss = metrics["val_accuracy"], metrics["val_loss"]
         if acc > best["accuracy"] or (acc == best["accuracy"] and loss < best["loss"]):
             best.update(accuracy=acc, loss=loss, state=_trainable_state(model), step=step)
-        return report_progress(progress, step, total_steps, {"val_accuracy": acc, "val_loss": loss})
+        return main_decides(
+            accelerator,
+            lambda: report_progress(progress, step, total_steps, {"val_accuracy": acc, "val_loss": loss}),
+        )
 
     running, running_n = 0.0, 0
+    n_batches = len(loader)
     for epoch in range(config.epochs):
         wrapped.train()
+        shard_collate.epoch = epoch
         t0 = time.perf_counter()
-        for batch in loader:
-            with accelerator.accumulate(wrapped):
+        for index, (batch, placeholder) in enumerate(loader):
+            batch = batch.to(accelerator.device)
+            # Accumulated batches, and the last one of the epoch, end in an optimizer step (as accelerate's
+            # accumulate() does with a prepared loader); only those synchronise the processes' gradients.
+            sync = (index + 1) % config.grad_accum == 0 or index + 1 == n_batches
+            with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped):
                 input_ids, attention_mask = model.tokenize(batch.prompts)
                 scores = wrapped(batch.images, batch.prompt_index, input_ids, attention_mask)
-                train_image_rows += batch.images.shape[0]
+                if not placeholder:
+                    train_image_rows += batch.images.shape[0]
+                # The combined batch's weighted mean: this share's weighted sum over all shares' weight,
+                # times N because DDP averages the N gradients.
+                weight = pair_weights(batch.labels, batch.weights.float(), config.tie_mode).sum()
+                denominator = sum_across(accelerator, weight) / accelerator.num_processes
                 loss = listwise_pair_loss(
-                    scores.float(), batch.winners, batch.losers, batch.labels, batch.weights, config.tie_mode
+                    scores.float(),
+                    batch.winners,
+                    batch.losers,
+                    batch.labels,
+                    batch.weights,
+                    config.tie_mode,
+                    denominator=denominator,
                 )
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += float(loss.detach())
+            running += float(sum_across(accelerator, loss.detach())) / accelerator.num_processes
             running_n += 1
-            if not accelerator.sync_gradients:
+            if not sync:
                 continue
+            if config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+            optimizer.step()
+            if not optimizer.step_was_skipped:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
             step += 1
-            keep_going = report_progress(
-                progress,
-                step,
-                total_steps,
-                {"loss": running / running_n, "lr": scheduler.get_last_lr()[0], "epoch": epoch},
+            metrics = {"loss": running / running_n, "lr": scheduler.get_last_lr()[0], "epoch": epoch}
+            keep_going = main_decides(
+                accelerator, lambda s=step, m=metrics: report_progress(progress, s, total_steps, m)
             )
             running, running_n = 0.0, 0
             if (
@@ -275,7 +331,7 @@ def train_reward_model(
         "epochs_run": len(epoch_times),
         "seconds_per_epoch": sum(epoch_times) / len(epoch_times) if epoch_times else None,
         # Image-encoder forward rows spent on training batches (listwise: one per image per prompt).
-        "train_image_encoder_rows": train_image_rows,
+        "train_image_encoder_rows": int(sum_across(accelerator, torch.tensor(train_image_rows))),
         "normalization_images": n_scored,
         "stopped_early": stopped,
         "history": history,
