@@ -142,13 +142,22 @@ class RoundForm(forms.Form):
                     share_of_prompts=data["share_of_prompts"],
                     prompts_per_category=data["prompts_per_category"],
                 ),
-                dpo=DPOStageConfig(
-                    beta=_D.beta if data["dpo_beta"] is None else data["dpo_beta"],
-                    pair_source=data["dpo_pair_source"] or _D.pair_source,
-                    ties=data["dpo_ties"] or _D.ties,
-                    pair_weights=data["dpo_pair_weights"],
-                ),
+                dpo=self._dpo(data),
             )
         except RoundConfigError as exc:
             raise forms.ValidationError(str(exc)) from exc
         return data
+
+    @staticmethod
+    def _dpo(data: dict) -> DPOStageConfig:
+        # A ReFL round never reads these; keeping what the admin typed (the page hides the fields, the
+        # browser still posts them) would store settings that were not applied, and a stray β would
+        # refuse a ReFL round.
+        if data["objective"] != "dpo":
+            return DPOStageConfig()
+        return DPOStageConfig(
+            beta=_D.beta if data["dpo_beta"] is None else data["dpo_beta"],
+            pair_source=data["dpo_pair_source"] or _D.pair_source,
+            ties=data["dpo_ties"] or _D.ties,
+            pair_weights=data["dpo_pair_weights"],
+        )

@@ -225,6 +225,18 @@ def test_a_form_without_the_objective_starts_a_refl_round_and_a_bad_dpo_setting_
     assert response.status_code == 400 and not TrainingRound.objects.exists()
 
 
+def test_a_refl_round_ignores_the_dpo_settings_posted_with_it_even_an_invalid_beta(client, make_user):
+    from training.ml.algorithm1.config import DPOStageConfig
+
+    client.force_login(make_user("admin"))
+    dpo = {"dpo_pair_source": "own", "dpo_ties": "down_weight", "dpo_pair_weights": "on"}
+    response = client.post("/training/rounds/new/", _form(objective="refl", dpo_beta="-1", **dpo))
+    assert response.status_code == 302
+    config = TrainingRound.objects.get().config
+    assert config["objective"] == "refl"
+    assert config["dpo"] == DPOStageConfig().__dict__
+
+
 def _dpo_round_with_results(admin) -> TrainingRound:
     import hashlib
 
