@@ -6,8 +6,9 @@ PYTHON ?= python3
 run:
 	$(PYTHON) scripts/studio.py run
 
-# The multi-host tests (web and workers as separate hosts: about 10 minutes of whole rounds) run on their
-# own, so that the everyday suite stays near a quarter of an hour; .ci/run runs both.
+# The multi-host tests (web and workers as separate hosts: whole rounds, 83 s on a quiet machine and ten
+# minutes at load 7) run on their own, so that the everyday suite stays near a quarter of an hour under
+# load; .ci/run runs both.
 test:
 	$(PYTHON) scripts/studio.py test -m "not multihost" $(ARGS)
 
