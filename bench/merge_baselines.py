@@ -4,7 +4,8 @@ Two ``bench/refl_loop.py`` summaries are comparable row for row only when they e
 images of the same p_0 on the same noise; this checks exactly that — the iteration-0 oracle per category
 must agree to 1e-9 — and refuses otherwise. Then the other run's ``baselines`` (guidance-only, best-of-N,
 oracle best-of-N, a control) and its iterations, renamed ``"<label> p_k"``, are added to ``baselines``
-of the target, each row saying where it came from. Used to set Diffusion-DPO's run (``--skip-baselines``)
+of the target, each row saying where it came from; a target without a ``best_of_4_gain`` takes the other
+run's. Used to set Diffusion-DPO's run (``--skip-baselines``)
 beside the ReFL run's baselines without sampling them again:
 
     .venv/bin/python bench/merge_baselines.py --into bench/results/dpo.json \\
@@ -36,7 +37,13 @@ def merge(into: dict[str, Any], source: dict[str, Any], label: str, source_name:
         for r in source["iterations"]
         if r["k"] != 0
     ]
-    return {**into, "baselines": kept + added}
+    merged = {**into, "baselines": kept + added}
+    # best_of_4_gain is a baseline's figure: a run made with --skip-baselines has none of its own, and on
+    # the same p_0 evaluation the other run's is the one that belongs beside it.
+    if into.get("best_of_4_gain") is None and source.get("best_of_4_gain") is not None:
+        merged["best_of_4_gain"] = source["best_of_4_gain"]
+        merged["best_of_4_gain_from"] = source_name
+    return merged
 
 
 def main() -> None:

@@ -39,3 +39,12 @@ def test_runs_that_did_not_evaluate_the_same_p0_are_refused():
     other_guidance = {**summary(0.57, 0.54), "guidance": 1.0}
     with pytest.raises(SystemExit, match="different guidance"):
         merge(summary(0.57, 0.60), other_guidance, "ReFL", "lv.json")
+
+
+def test_a_summary_without_best_of_4_takes_the_other_runs_and_keeps_its_own_otherwise():
+    dpo = {**summary(0.57, 0.60), "best_of_4_gain": None}
+    control = {**summary(0.57, 0.571), "best_of_4_gain": 0.04}
+    merged = merge(dpo, control, "control", "control.json")
+    assert (merged["best_of_4_gain"], merged["best_of_4_gain_from"]) == (0.04, "control.json")
+    own = merge({**dpo, "best_of_4_gain": 0.05}, control, "control", "control.json")
+    assert own["best_of_4_gain"] == 0.05 and "best_of_4_gain_from" not in own
