@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reward-lr", type=float, default=None, help="reward learning rate (default: the recipe's)"
     )
+    p.add_argument(
+        "--freeze", type=float, default=None, help="frozen share of the pretrained encoder (default: recipe)"
+    )
     p.add_argument("--reward-hidden", type=int, default=128)
     p.add_argument("--reward-layers", type=int, default=4)
     p.add_argument("--work-dir", default=str(ROOT / "bench" / "out" / "active_selection"))
@@ -269,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     base_round.reward,
                     epochs=args.reward_epochs,
                     learning_rate=args.reward_lr or base_round.reward.learning_rate,
+                    freeze_fraction=base_round.reward.freeze_fraction if args.freeze is None else args.freeze,
                     hidden_size=args.reward_hidden,
                     layers=args.reward_layers,
                 ),
