@@ -3,6 +3,7 @@ and Celery workers that share nothing on disk with the web process or with each 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -17,8 +18,20 @@ import pytest
 
 from tests.conftest import ROOT, WorkerProcess, _database_url_for
 
+# Every multi-host test: a real worker (celery) on a live database that other processes must see.
+MULTIHOST_MARKS = [
+    pytest.mark.multihost,
+    pytest.mark.celery,
+    pytest.mark.slow,
+    pytest.mark.django_db(transaction=True, serialized_rollback=True),
+]
+
 S3_REGION = "us-east-1"
 S3_KEY, S3_SECRET = "multihost-key", "multihost-secret"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _free_port() -> int:

@@ -3,28 +3,15 @@ process and CPU workers that share no folder, only PostgreSQL, Redis and the buc
 
 from __future__ import annotations
 
-import hashlib
-
-import pytest
-
 from annotation.models import ExportJob
 from gallery.models import Category, Generator, Image
 from jobs.models import JobStatus
-from tests.multihost.conftest import bucket_keys, files_under
+from tests.multihost.conftest import MULTIHOST_MARKS, bucket_keys, files_under, sha256_hex
 from tests.training.test_closed_loop import TINY_ROUND, _wait_status
 from training.models import DiffusionCheckpoint, RewardModelCheckpoint, RoundStatus, TrainingRound
 from training.world import world_gallery_seed, world_rankings_simulate
 
-pytestmark = [
-    pytest.mark.multihost,
-    pytest.mark.celery,
-    pytest.mark.slow,
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-]
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+pytestmark = MULTIHOST_MARKS
 
 
 def _start_round(client, category: str = "spatial", **overrides) -> TrainingRound:
@@ -59,7 +46,7 @@ def test_a_round_on_a_worker_that_shares_only_the_database_broker_and_bucket_com
     reward = RewardModelCheckpoint.objects.get(training_round=training_round)
     policy = DiffusionCheckpoint.objects.get(training_round=training_round)
     for row in (reward, policy):
-        assert _sha(keys[row.file.name]) == row.sha256
+        assert sha256_hex(keys[row.file.name]) == row.sha256
     # Every image, the gallery's and the worker's samples, is in the bucket and served to annotators by
     # the app from there, byte for byte.
     samples = Image.objects.filter(
@@ -67,9 +54,9 @@ def test_a_round_on_a_worker_that_shares_only_the_database_broker_and_bucket_com
     )
     assert samples.count() > 0
     for image in Image.objects.all():
-        assert _sha(keys[image.file.name]) == image.sha256
+        assert sha256_hex(keys[image.file.name]) == image.sha256
     for image in samples:
-        assert _sha(_served(client, image.file.name)) == image.sha256
+        assert sha256_hex(_served(client, image.file.name)) == image.sha256
         assert image.params["checkpoint_sha256"] == policy.sha256
 
     # An export built by the worker lands in the bucket and downloads through the app.

@@ -7,16 +7,14 @@ shows as two versions.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from django.utils import timezone
 
 from gallery.models import Generator, Image
 from jobs.services import job_kind_reconcile
-from tests.multihost.conftest import bucket_keys, files_under, object_versions
+from tests.multihost.conftest import MULTIHOST_MARKS, bucket_keys, files_under, object_versions, sha256_hex
 from tests.multihost.test_multihost_round import _start_round
 from tests.training.test_closed_loop import _wait_status
 from training.models import (
@@ -30,16 +28,7 @@ from training.models import (
 from training.services import ROUND_JOBS, WORKER_STAGES
 from training.world import world_gallery_seed, world_rankings_simulate
 
-pytestmark = [
-    pytest.mark.multihost,
-    pytest.mark.celery,
-    pytest.mark.slow,
-    pytest.mark.django_db(transaction=True, serialized_rollback=True),
-]
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+pytestmark = MULTIHOST_MARKS
 
 
 def _seed(*subcategories: str) -> None:
@@ -75,7 +64,7 @@ def _assert_checkpoints_written_once(endpoint: str, bucket: str, rows: list) -> 
     assert set(versions.values()) == {1}
     keys = bucket_keys(endpoint, bucket)
     for row in rows:
-        assert _sha(keys[row.file.name]) == row.sha256
+        assert sha256_hex(keys[row.file.name]) == row.sha256
 
 
 def _cached_artifacts(cache: Path) -> set[str]:
@@ -150,7 +139,7 @@ def test_a_worker_back_with_an_empty_cache_resumes_the_round_from_the_bucket(
     assert cached
     gallery = set(Image.objects.values_list("sha256", flat=True))
     for path in cached:
-        assert path.stem in gallery and _sha(path.read_bytes()) == path.stem
+        assert path.stem in gallery and sha256_hex(path.read_bytes()) == path.stem
 
     # The samples exist once each, written once each, whole.
     samples = Image.objects.filter(generator=Generator.objects.get(pk=finished.outputs["0"]["generator"]))
@@ -158,7 +147,7 @@ def test_a_worker_back_with_an_empty_cache_resumes_the_round_from_the_bucket(
     versions = object_versions(endpoint, bucket, prefix="images/")
     keys = bucket_keys(endpoint, bucket)
     for image in samples:
-        assert versions[image.file.name] == 1 and _sha(keys[image.file.name]) == image.sha256
+        assert versions[image.file.name] == 1 and sha256_hex(keys[image.file.name]) == image.sha256
         assert image.params["checkpoint_sha256"] == policy.sha256
 
 
