@@ -54,6 +54,13 @@ def main_decides(accelerator: Any, decide: Callable[[], T]) -> T:
     return box[0]
 
 
+def main_writes(accelerator: Any, write: Callable[[], Any]) -> None:
+    """``write`` on the main process alone (every process holds the same state); the others wait for it."""
+    if accelerator.is_main_process:
+        write()
+    accelerator.wait_for_everyone()
+
+
 def mean_across(accelerator: Any, values: Mapping[str, float]) -> dict[str, float]:
     """Per-key mean over the processes (one collective call): the combined batch's mean of equal shares."""
     if accelerator.num_processes == 1 or not values:

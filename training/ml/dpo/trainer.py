@@ -36,7 +36,7 @@ from training.ml.common import (
     report_progress,
     save_checkpoint,
 )
-from training.ml.distributed import ddp_handlers, main_decides, mean_across, shard
+from training.ml.distributed import ddp_handlers, main_decides, main_writes, mean_across, shard
 from training.ml.dpo.config import DPOConfig
 from training.ml.dpo.losses import denoising_errors, dpo_logits, dpo_loss, implicit_reward_accuracy
 from training.ml.refl.adapters import Cond, DiffusionAdapter
@@ -363,9 +363,7 @@ class DPOTrainer:
         Called by every process; the main process writes (the states are equal), the others wait for it.
         """
         directory = Path(directory)
-        if self.accelerator.is_main_process:
-            self._write(directory, include_optimizer)
-        self.accelerator.wait_for_everyone()
+        main_writes(self.accelerator, lambda: self._write(directory, include_optimizer))
         return directory
 
     def _write(self, directory: Path, include_optimizer: bool) -> Path:

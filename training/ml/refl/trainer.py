@@ -33,7 +33,7 @@ from training.ml.common import (
     report_progress,
     save_checkpoint,
 )
-from training.ml.distributed import ddp_handlers, main_decides, mean_across, shard
+from training.ml.distributed import ddp_handlers, main_decides, main_writes, mean_across, shard
 from training.ml.preprocess import PreprocessConfig, resize_images
 from training.ml.refl.adapters import Conditioning, DiffusionAdapter
 from training.ml.refl.config import ReFLConfig
@@ -511,9 +511,7 @@ class ReFLTrainer:
         Called by every process; the main process writes (the states are equal), the others wait for it.
         """
         directory = Path(directory)
-        if self.accelerator.is_main_process:
-            self._write(directory, include_optimizer)
-        self.accelerator.wait_for_everyone()
+        main_writes(self.accelerator, lambda: self._write(directory, include_optimizer))
         return directory
 
     def _write(self, directory: Path, include_optimizer: bool) -> Path:
