@@ -19,6 +19,10 @@ Policies use the app's own code (``rankmath.selection``): ``random`` (the task's
 scores tasks) and ``mix`` (``--random-share`` of the tasks keep a random priority). ``disagreement``
 needs push-back rankings of the reward placement, which this bench does not simulate.
 
+``panel_ceiling`` (per category, per seed): the oracle's own accuracy on the same held-out panel pairs —
+how well *any* scorer can agree with the panel's consensus, since the simulated experts rank the oracle's
+score plus noise and break its exact ties by chance. Measured only; nothing trains on the oracle.
+
 Rankings spent = tasks ranked × annotators per task (the initial tasks included). ``rankings_ratio``: the
 rankings the best policy needs (linear interpolation on its mean curve over seeds) to reach the mean
 accuracy random reaches with its whole budget, divided by that budget; null when it never gets there,
@@ -55,6 +59,7 @@ from rankmath.selection import (  # noqa: E402
     task_priorities,
 )
 from training.ml.algorithm1.config import RewardStageConfig  # noqa: E402
+from training.ml.algorithm1.gate import pair_accuracy  # noqa: E402
 from training.ml.algorithm1.steps import (  # noqa: E402
     hash_rank,
     own_sample_accuracy,
@@ -65,6 +70,7 @@ from training.ml.algorithm1.steps import (  # noqa: E402
 from training.ml.loop import LoopConfig, RankedData, RankedPrompt, expert_ranking, loop_round_config  # noqa: E402
 from training.ml.reward.checkpoint import load_reward_model  # noqa: E402
 from training.ml.world.model import PRETRAINED_DIR  # noqa: E402
+from training.ml.world.oracle import oracle_score  # noqa: E402
 from training.ml.world.pretrain import training_prompts  # noqa: E402
 from training.ml.world.vocab import REWARD_CATEGORY, SUBCATEGORIES  # noqa: E402
 
@@ -146,6 +152,15 @@ def records_of(data: RankedData, groups: list[Group]) -> list:
     view = copy.copy(data)
     view.prompts = [g.entry for g in groups]
     return view.records()
+
+
+def panel_ceiling(data: RankedData, records: list, seed: int) -> dict[str, Any]:
+    """The oracle's pair accuracy on the panel's held-out pairs: the ceiling of any reward model there."""
+    prompts = {r.prompt_id: r.prompt for r in records}
+    ids = sorted({i for r in records for i in (r.winner_id, r.loser_id)})
+    image_prompt = {i: prompts[r.prompt_id] for r in records for i in (r.winner_id, r.loser_id)}
+    scores = {i: oracle_score(image_prompt[i], image) for i, image in zip(ids, data.load(ids), strict=True)}
+    return dataclasses.asdict(pair_accuracy(records, scores, seed=seed))
 
 
 def pick(
@@ -262,8 +277,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if needed > args.pool_prompts:
         raise SystemExit(f"the pool ({args.pool_prompts}) is smaller than the tasks ranked ({needed})")
     curves: dict[str, dict[str, list[list[dict[str, Any]]]]] = {}
+    ceilings: dict[str, list[dict[str, Any]]] = {}
     for category in args.categories:
         curves[category] = {policy: [] for policy in args.policies}
+        ceilings[category] = []
         for seed in range(args.seeds):
             base_round = loop_round_config(seed)
             round_config = dataclasses.replace(
@@ -299,6 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             evaluation = records_of(
                 data, sample_world_groups(args, loop, data, prompts[args.pool_prompts :], args.pool_prompts)
             )
+            ceilings[category].append(panel_ceiling(data, evaluation, seed))
             # The same random start for every policy: the first initial_tasks groups by selection draw.
             by_draw = sorted(pool, key=lambda g: -g.draw)
             initial, rest = by_draw[: args.initial_tasks], by_draw[args.initial_tasks :]
@@ -306,8 +324,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 curves[category][policy].append(
                     run_policy(args, loop, data, category, policy, initial, rest, evaluation, seed, work)
                 )
-            write_summary(args, curves, started, complete=False)
-    return write_summary(args, curves, started, complete=True)
+            write_summary(args, curves, started, complete=False, ceilings=ceilings)
+    return write_summary(args, curves, started, complete=True, ceilings=ceilings)
 
 
 def write_summary(
@@ -315,6 +333,7 @@ def write_summary(
     curves: dict[str, dict[str, list[list[dict[str, Any]]]]],
     started: float,
     complete: bool,
+    ceilings: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """The results so far (written after every seed, so a run stopped early still leaves its data)."""
     summary: dict[str, Any] = {"complete": complete, "categories": {}}
@@ -334,6 +353,7 @@ def write_summary(
             "seeds": done,
             "mean": means,
             "per_seed": kept,
+            "panel_ceiling": (ceilings or {}).get(category, [])[:done],
             "rankings_ratio": per_policy,
             # The same ratio without ratio()'s qualification, for inspection only: noise where it differs.
             "rankings_ratio_unqualified": {

@@ -58,6 +58,11 @@ def test_the_active_selection_bench_writes_learning_curves_per_policy_and_the_ra
             assert all(p["ci_low"] <= p["accuracy"] <= p["ci_high"] and p["eval_pairs"] > 0 for p in curve)
         for point in spatial["mean"][policy]:
             assert point["low"] <= point["mean"] <= point["high"]
+    # The oracle's agreement with the panel on the same held-out pairs, once per seed, in [0, 1].
+    assert len(spatial["panel_ceiling"]) == 2
+    for ceiling, curve in zip(spatial["panel_ceiling"], spatial["per_seed"]["random"], strict=True):
+        assert ceiling["pairs"] == curve[0]["eval_pairs"]
+        assert ceiling["low"] <= ceiling["accuracy"] <= ceiling["high"]
     # Every policy starts from the same randomly chosen tasks, so the same reward model and accuracy.
     firsts = {tuple(curve[0]["accuracy"] for curve in seeds) for seeds in spatial["per_seed"].values()}
     assert len(firsts) == 1
