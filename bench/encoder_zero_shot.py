@@ -1,0 +1,144 @@
+"""Zero-shot: does a pretrained world encoder's image–text matching head rank p_0's own samples?
+
+On the held-out evaluation groups of ``bench/active_selection.py`` (the same prompts, samples, panel and
+pairs for the same ``--seed`` and ``--pool-prompts``), each image is scored by the encoder's ITM margin
+(logit "match" − logit "no match" of ``BlipForImageTextRetrieval.itm_head`` on the [ENC] token) with no
+fine-tuning at all, and the pair accuracy is measured exactly as the gate measures a reward model
+(``training.ml.algorithm1.gate.pair_accuracy``: expert ties skipped, 95 % interval resampling prompts).
+Beside it, the oracle's accuracy on the same pairs (``panel_ceiling``): what any scorer can reach.
+
+If the ITM head already ranked the model's own samples, a reward model could start from it; this measures
+whether it does.
+
+    .venv/bin/python bench/encoder_zero_shot.py [--encoders DIR ...] [--categories ...] [--seeds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import active_selection  # noqa: E402
+
+from training.ml.algorithm1.gate import pair_accuracy  # noqa: E402
+from training.ml.loop import LoopConfig, RankedData, loop_round_config  # noqa: E402
+from training.ml.world.encoder import ENCODER_DIR  # noqa: E402
+from training.ml.world.model import PRETRAINED_DIR  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoders", nargs="+", default=[str(ENCODER_DIR)], help="pretrained BLIP folders")
+    p.add_argument("--base", default=str(PRETRAINED_DIR))
+    p.add_argument("--categories", nargs="+", default=["attribute_binding", "spatial", "non_spatial"])
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--pool-prompts", type=int, default=120, help="as active_selection: eval prompts follow")
+    p.add_argument("--eval-prompts", type=int, default=60)
+    p.add_argument("--group-size", type=int, default=4)
+    p.add_argument("--annotators", type=int, default=3)
+    p.add_argument("--sampling-steps", type=int, default=20)
+    p.add_argument("--work-dir", default=str(ROOT / "bench" / "out" / "encoder_zero_shot"))
+    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "encoder_zero_shot.json"))
+    p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+class ItmScorer:
+    """A pretrained world BLIP's ITM margin for (prompt, image) — no reward head, no fine-tuning."""
+
+    def __init__(self, folder: str) -> None:
+        from transformers import BlipForImageTextRetrieval
+
+        from training.ml.preprocess import preprocess_config_from_folder
+        from training.ml.reward.model import build_blip_tokenizer
+
+        self.blip = BlipForImageTextRetrieval.from_pretrained(folder, local_files_only=True).eval()
+        self.tokenizer = build_blip_tokenizer(folder)
+        self.preprocess = preprocess_config_from_folder(folder)
+
+    @torch.no_grad()
+    def __call__(self, prompt: str, images: torch.Tensor) -> list[float]:
+        from training.ml.preprocess import preprocess_images
+
+        enc = self.tokenizer([prompt] * len(images), padding="longest", return_tensors="pt")
+        ids = enc["input_ids"].clone()
+        ids[:, 0] = self.tokenizer.enc_token_id  # BLIP's ITM reads [ENC], as the encoder was trained
+        pixels = preprocess_images(images.float(), self.preprocess)
+        image_embeds = self.blip.vision_model(pixel_values=pixels).last_hidden_state
+        fused = self.blip.text_encoder(
+            input_ids=ids, attention_mask=enc["attention_mask"], encoder_hidden_states=image_embeds
+        ).last_hidden_state
+        logits = self.blip.itm_head(fused[:, 0, :])
+        return (logits[:, 1] - logits[:, 0]).tolist()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    scorers = {folder: ItmScorer(folder) for folder in args.encoders}
+    results: dict[str, list[dict[str, Any]]] = {}
+    for category in args.categories:
+        results[category] = []
+        for seed in range(args.seeds):
+            base_round = loop_round_config(seed)
+            round_config = dataclasses.replace(
+                base_round,
+                feedback=dataclasses.replace(
+                    base_round.feedback,
+                    sampling_steps=args.sampling_steps,
+                    late_steps=min(base_round.feedback.late_steps, args.sampling_steps),
+                ),
+            )
+            work = Path(args.work_dir) / category / f"seed{seed}"
+            loop = LoopConfig(
+                output_dir=str(work),
+                base_model_path=args.base,
+                annotators=args.annotators,
+                round=round_config,
+                categories=(category,),
+            )
+            data = RankedData(work)
+            prompts = active_selection.category_prompts(category, seed)
+            prompts = prompts[args.pool_prompts : args.pool_prompts + args.eval_prompts]
+            groups = active_selection.sample_world_groups(args, loop, data, prompts, args.pool_prompts)
+            records = active_selection.records_of(data, groups)
+            row: dict[str, Any] = {
+                "seed": seed,
+                "panel_ceiling": active_selection.panel_ceiling(data, records, seed),
+                "itm": {},
+            }
+            for folder, scorer in scorers.items():
+                scores: dict[int, float] = {}
+                for group in groups:
+                    ids = list(group.entry.human)
+                    scores.update(zip(ids, scorer(group.entry.prompt, data.load(ids)), strict=True))
+                row["itm"][folder] = dataclasses.asdict(pair_accuracy(records, scores, seed=seed))
+            results[category].append(row)
+            print(json.dumps({"category": category, **row}), flush=True)
+    summary = {
+        "categories": results,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")},
+        "seconds": round(time.perf_counter() - started, 1),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
