@@ -1,0 +1,153 @@
+"""Prototype: continue the committed world encoder's pretraining with a graded matching signal from the plan.
+
+For one true caption, two planned scenes with different numbers of violated caption facts (each fact and
+each extra object weighs one — deliberately not the oracle's score formula); a ranking loss on the ITM
+margin prefers the scene with fewer. The usual ITM + dense + ITC batches continue beside it. Labels come
+from the plan; the oracle is never consulted.
+
+A research prototype for issue #14 (BENCHMARKS "five checks"): it writes a BLIP folder that
+``bench/encoder_zero_shot.py --encoders DIR`` and ``bench/active_selection.py --reward-init DIR`` measure;
+nothing in the app reads it. The recorded run:
+
+    .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_graded --steps 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.ml.world.encoder import (  # noqa: E402
+    ENCODER_DIR,
+    STYLES,
+    DenseHead,
+    EncoderConfig,
+    _match,
+    draw_batch,
+    encoder_prompt_specs,
+    evaluate,
+    losses,
+    render_style,
+)
+from training.ml.world.errors import ERRORS_FOR, planned_scene  # noqa: E402
+from training.ml.world.facts import count_extra, prompt_facts, scene_objects  # noqa: E402
+from training.ml.world.layout import LayoutError  # noqa: E402
+from training.ml.world.scene import render_scene_array  # noqa: E402
+from training.ml.world.vocab import SUBCATEGORIES  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--pairs", type=int, default=32, help="images per batch given to ranked scene pairs")
+    p.add_argument("--rank-weight", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=1)
+    return p
+
+
+def violations(spec, scene) -> int:
+    """Caption facts that do not hold in the planned scene, plus objects it has that the caption lacks."""
+    seen = scene_objects(scene)
+    return sum(not held for held in prompt_facts(spec, seen, touch_px=1).values()) + count_extra(spec, seen)
+
+
+def scene_pair(specs, rng: np.random.Generator, image_size: int) -> tuple[str, list[np.ndarray], int]:
+    """(caption, two renders of scenes planned for it with 0-2 errors each, index of the less wrong one)."""
+    while True:
+        sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
+        spec = specs[sub][int(rng.integers(len(specs[sub])))]
+        options = ERRORS_FOR[sub]
+        scenes = []
+        for _ in range(2):
+            errors = tuple(options[int(rng.integers(len(options)))] for _ in range(int(rng.integers(0, 3))))
+            try:
+                scenes.append(planned_scene(spec, rng, errors))
+            except LayoutError:
+                scenes.append(planned_scene(spec, rng))
+        first, second = violations(spec, scenes[0]), violations(spec, scenes[1])
+        if first == second:
+            continue
+        style = STYLES[int(rng.integers(len(STYLES)))]
+        images = [render_style(render_scene_array(s, image_size)[0], style, rng) for s in scenes]
+        return spec.text, images, 0 if first < second else 1
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from transformers import BlipForImageTextRetrieval
+
+    from training.ml.reward.model import build_blip_tokenizer
+
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = EncoderConfig(threads=args.threads, batch_size=64)
+    specs = encoder_prompt_specs(held_out=False)
+    rng = np.random.default_rng(7)
+    blip = BlipForImageTextRetrieval.from_pretrained(str(ENCODER_DIR), local_files_only=True).train()
+    tokenizer = build_blip_tokenizer(str(ENCODER_DIR))
+    dense = DenseHead(config.hidden_size)
+    parameters = list(blip.parameters()) + list(dense.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
+    started = time.perf_counter()
+    history: list[dict[str, float]] = []
+    for step in range(args.steps):
+        cosine = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps))
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * min(1.0, (step + 1) / 30) * cosine
+        loss, stats = losses(blip, dense, tokenizer, draw_batch(specs, rng, config, 64 - args.pairs), config)
+        pairs = [scene_pair(specs, rng, config.image_size) for _ in range(args.pairs // 2)]
+        captions = [caption for caption, _, _ in pairs for _ in range(2)]
+        images = np.stack([image for _, both, _ in pairs for image in both])
+        _, logits = _match(
+            blip, tokenizer, torch.from_numpy(images).permute(0, 3, 1, 2).float(), captions, config
+        )
+        margin = (logits[:, 1] - logits[:, 0]).view(-1, 2)
+        better = torch.tensor([b for _, _, b in pairs])
+        diff = margin.gather(1, better[:, None]).squeeze(1) - margin.gather(1, (1 - better)[:, None]).squeeze(
+            1
+        )
+        rank = -F.logsigmoid(diff).mean()
+        stats["rank"] = float(rank.detach())
+        stats["rank_acc"] = float((diff > 0).float().mean())
+        optimizer.zero_grad(set_to_none=True)
+        (loss + args.rank_weight * rank).backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        history.append(stats)
+        if (step + 1) % 50 == 0:
+            recent = {k: round(float(np.mean([h.get(k, np.nan) for h in history[-50:]])), 3) for k in stats}
+            print(step + 1, recent, round(time.perf_counter() - started), flush=True)
+    blip.eval()
+    held_out = evaluate(blip, dense, tokenizer, config, seed=10_000)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    blip.save_pretrained(out)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
+        shutil.copy(ENCODER_DIR / name, out / name)
+    record = {
+        "prototype": vars(args),
+        "held_out": held_out,
+        "seconds": round(time.perf_counter() - started, 1),
+        "last_50_steps": {k: float(np.mean([h[k] for h in history[-50:]])) for k in history[-1]},
+    }
+    (out / "train_info.json").write_text(json.dumps(record, indent=1))
+    print("held-out itm", held_out["itm_accuracy"], "cells", held_out["cell_accuracy"], flush=True)
+    return record
+
+
+if __name__ == "__main__":
+    main()
