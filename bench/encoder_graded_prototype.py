@@ -7,9 +7,10 @@ from the plan; the oracle is never consulted.
 
 A research prototype for issue #14 (BENCHMARKS "five checks"): it writes a BLIP folder that
 ``bench/encoder_zero_shot.py --encoders DIR`` and ``bench/active_selection.py --reward-init DIR`` measure;
-nothing in the app reads it. The recorded run:
+nothing in the app reads it. The recorded runs:
 
     .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_graded --steps 600
+    .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_relmix --steps 600 --error-mix relation
 """
 
 from __future__ import annotations
@@ -35,14 +36,16 @@ from training.ml.world.encoder import (  # noqa: E402
     DenseHead,
     EncoderConfig,
     _match,
+    cell_labels,
     draw_batch,
     encoder_prompt_specs,
     evaluate,
+    hard_negative,
     losses,
     render_style,
 )
-from training.ml.world.errors import ERRORS_FOR, planned_scene  # noqa: E402
-from training.ml.world.facts import count_extra, prompt_facts, scene_objects  # noqa: E402
+from training.ml.world.errors import ERRORS_FOR, RELATION_ERRORS, planned_scene  # noqa: E402
+from training.ml.world.facts import count_extra, prompt_facts, scene_objects, truth_score  # noqa: E402
 from training.ml.world.layout import LayoutError  # noqa: E402
 from training.ml.world.scene import render_scene_array  # noqa: E402
 from training.ml.world.vocab import SUBCATEGORIES  # noqa: E402
@@ -55,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--pairs", type=int, default=32, help="images per batch given to ranked scene pairs")
     p.add_argument("--rank-weight", type=float, default=1.0)
+    p.add_argument(
+        "--error-mix",
+        choices=("plan", "relation"),
+        default="plan",
+        help="plan: the encoder pretraining's errors; relation: spatial / non-spatial scenes planned with the "
+        "base model's mix (relation wrong in 70 %%, up to two further errors, bench/error_repertoire.py)",
+    )
     p.add_argument("--threads", type=int, default=1)
     return p
 
@@ -65,7 +75,53 @@ def violations(spec, scene) -> int:
     return sum(not held for held in prompt_facts(spec, seen, touch_px=1).values()) + count_extra(spec, seen)
 
 
-def scene_pair(specs, rng: np.random.Generator, image_size: int) -> tuple[str, list[np.ndarray], int]:
+def relation_mix_errors(sub: str, rng: np.random.Generator) -> tuple[str, ...]:
+    """Errors for a relation-category scene in the base model's proportions: the relation wrong in 70 %,
+    then 0-2 errors of the subcategory's other kinds (the base model often breaks several facts at once)."""
+    others = [e for e in ERRORS_FOR[sub] if e not in RELATION_ERRORS]
+    errors = [RELATION_ERRORS[int(rng.integers(len(RELATION_ERRORS)))]] if rng.random() < 0.7 else []
+    errors += [others[int(rng.integers(len(others)))] for _ in range(int(rng.integers(0, 3)))]
+    return tuple(errors)
+
+
+def draw_batch_mix(specs, rng: np.random.Generator, config: EncoderConfig, size: int):
+    """``draw_batch`` (same recipe: subcategory, planned errors, hard-negative caption, style, cell labels)
+    with relation-category scenes planned by :func:`relation_mix_errors`."""
+    examples = []
+    for _ in range(size):
+        sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
+        spec = specs[sub][int(rng.integers(len(specs[sub])))]
+        errors: tuple[str, ...] = ()
+        if sub in ("spatial", "non_spatial"):
+            errors = relation_mix_errors(sub, rng)
+        elif rng.random() < config.scene_error_share:
+            options = ERRORS_FOR[sub]
+            errors = tuple(
+                options[int(rng.integers(len(options)))] for _ in range(1 + int(rng.random() < 0.3))
+            )
+        try:
+            scene = planned_scene(spec, rng, errors)
+        except LayoutError:
+            scene = planned_scene(spec, rng)
+        caption = hard_negative(spec, rng) if rng.random() < config.caption_negative_share else spec
+        match = int(truth_score(caption, scene) == 1.0)
+        img, coverages = render_scene_array(scene, config.image_size)
+        style = STYLES[int(rng.integers(len(STYLES)))]
+        labels = cell_labels(coverages, scene.objects, config.patch_size)
+        examples.append((render_style(img, style, rng), caption.text, match, labels, style))
+    images = torch.from_numpy(np.stack([e[0] for e in examples])).permute(0, 3, 1, 2).contiguous().float()
+    return (
+        images,
+        [e[1] for e in examples],
+        torch.tensor([e[2] for e in examples]),
+        torch.from_numpy(np.stack([e[3] for e in examples])),
+        [e[4] for e in examples],
+    )
+
+
+def scene_pair(
+    specs, rng: np.random.Generator, image_size: int, mix: str = "plan"
+) -> tuple[str, list[np.ndarray], int]:
     """(caption, two renders of scenes planned for it with 0-2 errors each, index of the less wrong one)."""
     while True:
         sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
@@ -73,7 +129,12 @@ def scene_pair(specs, rng: np.random.Generator, image_size: int) -> tuple[str, l
         options = ERRORS_FOR[sub]
         scenes = []
         for _ in range(2):
-            errors = tuple(options[int(rng.integers(len(options)))] for _ in range(int(rng.integers(0, 3))))
+            if mix == "relation" and sub in ("spatial", "non_spatial"):
+                errors = relation_mix_errors(sub, rng)
+            else:
+                errors = tuple(
+                    options[int(rng.integers(len(options)))] for _ in range(int(rng.integers(0, 3)))
+                )
             try:
                 scenes.append(planned_scene(spec, rng, errors))
             except LayoutError:
@@ -108,8 +169,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cosine = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 30) * cosine
-        loss, stats = losses(blip, dense, tokenizer, draw_batch(specs, rng, config, 64 - args.pairs), config)
-        pairs = [scene_pair(specs, rng, config.image_size) for _ in range(args.pairs // 2)]
+        draw = draw_batch if args.error_mix == "plan" else draw_batch_mix
+        loss, stats = losses(blip, dense, tokenizer, draw(specs, rng, config, 64 - args.pairs), config)
+        pairs = [scene_pair(specs, rng, config.image_size, args.error_mix) for _ in range(args.pairs // 2)]
         captions = [caption for caption, _, _ in pairs for _ in range(2)]
         images = np.stack([image for _, both, _ in pairs for image in both])
         _, logits = _match(

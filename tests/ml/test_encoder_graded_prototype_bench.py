@@ -1,0 +1,51 @@
+"""bench/encoder_graded_prototype.py at toy size: the research prototype still writes a BLIP folder the
+zero-shot and active-selection benches can load (its recorded runs are in BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("mix", ["plan", "relation"])
+def test_the_prototype_continues_the_committed_encoder_and_saves_a_loadable_folder(tmp_path, mix):
+    out = tmp_path / "encoder"
+    subprocess.run(
+        [sys.executable, "bench/encoder_graded_prototype.py", "--out", str(out), "--steps", "2"]
+        + ["--pairs", "8", "--error-mix", mix],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["prototype"]["error_mix"] == mix and 0 <= info["held_out"]["itm_accuracy"] <= 1
+    import torch
+    from encoder_zero_shot import ItmScorer
+
+    margins = ItmScorer(str(out))("a red circle to the left of a blue square", torch.rand(2, 3, 32, 32))
+    assert len(margins) == 2 and all(np.isfinite(margins))
+
+
+def test_the_relation_mix_plans_the_relation_wrong_in_most_relation_scenes():
+    from encoder_graded_prototype import relation_mix_errors
+
+    from training.ml.world.errors import RELATION_ERRORS
+
+    rng = np.random.default_rng(0)
+    plans = [relation_mix_errors("spatial", rng) for _ in range(2000)]
+    with_relation = np.mean([any(e in RELATION_ERRORS for e in plan) for plan in plans])
+    assert 0.66 < with_relation < 0.74
+    assert max(len(plan) for plan in plans) == 3 and min(len(plan) for plan in plans) == 0
