@@ -36,16 +36,15 @@ from training.ml.world.encoder import (  # noqa: E402
     DenseHead,
     EncoderConfig,
     _match,
-    cell_labels,
     draw_batch,
     encoder_prompt_specs,
     evaluate,
-    hard_negative,
     losses,
+    plan_errors,
     render_style,
 )
 from training.ml.world.errors import ERRORS_FOR, RELATION_ERRORS, planned_scene  # noqa: E402
-from training.ml.world.facts import count_extra, prompt_facts, scene_objects, truth_score  # noqa: E402
+from training.ml.world.facts import count_extra, prompt_facts, scene_objects  # noqa: E402
 from training.ml.world.layout import LayoutError  # noqa: E402
 from training.ml.world.scene import render_scene_array  # noqa: E402
 from training.ml.world.vocab import SUBCATEGORIES  # noqa: E402
@@ -82,41 +81,6 @@ def relation_mix_errors(sub: str, rng: np.random.Generator) -> tuple[str, ...]:
     errors = [RELATION_ERRORS[int(rng.integers(len(RELATION_ERRORS)))]] if rng.random() < 0.7 else []
     errors += [others[int(rng.integers(len(others)))] for _ in range(int(rng.integers(0, 3)))]
     return tuple(errors)
-
-
-def draw_batch_mix(specs, rng: np.random.Generator, config: EncoderConfig, size: int):
-    """``draw_batch`` (same recipe: subcategory, planned errors, hard-negative caption, style, cell labels)
-    with relation-category scenes planned by :func:`relation_mix_errors`."""
-    examples = []
-    for _ in range(size):
-        sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
-        spec = specs[sub][int(rng.integers(len(specs[sub])))]
-        errors: tuple[str, ...] = ()
-        if sub in ("spatial", "non_spatial"):
-            errors = relation_mix_errors(sub, rng)
-        elif rng.random() < config.scene_error_share:
-            options = ERRORS_FOR[sub]
-            errors = tuple(
-                options[int(rng.integers(len(options)))] for _ in range(1 + int(rng.random() < 0.3))
-            )
-        try:
-            scene = planned_scene(spec, rng, errors)
-        except LayoutError:
-            scene = planned_scene(spec, rng)
-        caption = hard_negative(spec, rng) if rng.random() < config.caption_negative_share else spec
-        match = int(truth_score(caption, scene) == 1.0)
-        img, coverages = render_scene_array(scene, config.image_size)
-        style = STYLES[int(rng.integers(len(STYLES)))]
-        labels = cell_labels(coverages, scene.objects, config.patch_size)
-        examples.append((render_style(img, style, rng), caption.text, match, labels, style))
-    images = torch.from_numpy(np.stack([e[0] for e in examples])).permute(0, 3, 1, 2).contiguous().float()
-    return (
-        images,
-        [e[1] for e in examples],
-        torch.tensor([e[2] for e in examples]),
-        torch.from_numpy(np.stack([e[3] for e in examples])),
-        [e[4] for e in examples],
-    )
 
 
 def scene_pair(
@@ -163,14 +127,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dense = DenseHead(config.hidden_size)
     parameters = list(blip.parameters()) + list(dense.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
+    planner = None
+    if args.error_mix == "relation":
+
+        def planner(sub: str, rng: np.random.Generator) -> tuple[str, ...]:
+            if sub in ("spatial", "non_spatial"):
+                return relation_mix_errors(sub, rng)
+            return plan_errors(sub, rng, config)
+
     started = time.perf_counter()
     history: list[dict[str, float]] = []
     for step in range(args.steps):
         cosine = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 30) * cosine
-        draw = draw_batch if args.error_mix == "plan" else draw_batch_mix
-        loss, stats = losses(blip, dense, tokenizer, draw(specs, rng, config, 64 - args.pairs), config)
+        batch = draw_batch(specs, rng, config, 64 - args.pairs, planner)
+        loss, stats = losses(blip, dense, tokenizer, batch, config)
         pairs = [scene_pair(specs, rng, config.image_size, args.error_mix) for _ in range(args.pairs // 2)]
         captions = [caption for caption, _, _ in pairs for _ in range(2)]
         images = np.stack([image for _, both, _ in pairs for image in both])

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.ml.algorithm1.steps import hash_rank  # noqa: E402
-from training.ml.world.encoder import EncoderConfig, hard_negative  # noqa: E402
-from training.ml.world.errors import ERRORS_FOR, planned_scene  # noqa: E402
+from training.ml.world.encoder import EncoderConfig, hard_negative, plan_errors  # noqa: E402
+from training.ml.world.errors import planned_scene  # noqa: E402
 from training.ml.world.facts import prompt_facts, scene_objects  # noqa: E402
 from training.ml.world.grammar import parse_prompt  # noqa: E402
 from training.ml.world.layout import LayoutError  # noqa: E402
@@ -85,11 +85,7 @@ def planned_verdicts(prompts: list[str], seeds: int, rng: np.random.Generator, s
     for text in prompts:
         spec = parse_prompt(text)
         for _ in range(seeds):
-            errors: tuple[str, ...] = ()
-            if rng.random() < config.scene_error_share:
-                options = ERRORS_FOR[sub]
-                count = 1 + int(rng.random() < 0.3)
-                errors = tuple(options[int(rng.integers(len(options)))] for _ in range(count))
+            errors = plan_errors(sub, rng, config)
             try:
                 scene = planned_scene(spec, rng, errors)
             except LayoutError:

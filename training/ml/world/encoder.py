@@ -189,18 +189,33 @@ def render_style(img: np.ndarray, style: str, rng: np.random.Generator) -> np.nd
     return out
 
 
+ErrorPlanner = Callable[[str, np.random.Generator], tuple[str, ...]]
+
+
+def plan_errors(sub: str, rng: np.random.Generator, config: EncoderConfig) -> tuple[str, ...]:
+    """The errors pretraining plans into one scene of ``sub``: none, or (in ``scene_error_share`` of scenes)
+    one of the subcategory's kinds, two in 30 % of those."""
+    if not rng.random() < config.scene_error_share:
+        return ()
+    options = ERRORS_FOR[sub]
+    count = 1 + int(rng.random() < 0.3)
+    return tuple(options[int(rng.integers(len(options)))] for _ in range(count))
+
+
 def draw_example(
-    specs: dict[str, list[PromptSpec]], rng: np.random.Generator, config: EncoderConfig
+    specs: dict[str, list[PromptSpec]],
+    rng: np.random.Generator,
+    config: EncoderConfig,
+    planner: ErrorPlanner | None = None,
 ) -> tuple[np.ndarray, str, int, np.ndarray, str]:
-    """(image HWC in [0,1], caption, 1 if the caption matches the scene, cell labels, style)."""
+    """(image HWC in [0,1], caption, 1 if the caption matches the scene, cell labels, style).
+
+    ``planner(sub, rng)`` chooses the scene's planned errors; by default :func:`plan_errors`.
+    """
     sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
     pool = specs[sub]
     spec = pool[int(rng.integers(len(pool)))]
-    errors: tuple[str, ...] = ()
-    if rng.random() < config.scene_error_share:
-        options = ERRORS_FOR[sub]
-        count = 1 + int(rng.random() < 0.3)
-        errors = tuple(options[int(rng.integers(len(options)))] for _ in range(count))
+    errors = plan_errors(sub, rng, config) if planner is None else planner(sub, rng)
     try:
         scene = planned_scene(spec, rng, errors)
     except LayoutError:
@@ -214,9 +229,13 @@ def draw_example(
 
 
 def draw_batch(
-    specs: dict[str, list[PromptSpec]], rng: np.random.Generator, config: EncoderConfig, size: int
+    specs: dict[str, list[PromptSpec]],
+    rng: np.random.Generator,
+    config: EncoderConfig,
+    size: int,
+    planner: ErrorPlanner | None = None,
 ) -> tuple[torch.Tensor, list[str], torch.Tensor, torch.Tensor, list[str]]:
-    examples = [draw_example(specs, rng, config) for _ in range(size)]
+    examples = [draw_example(specs, rng, config, planner) for _ in range(size)]
     images = torch.from_numpy(np.stack([e[0] for e in examples])).permute(0, 3, 1, 2).contiguous().float()
     return (
         images,
