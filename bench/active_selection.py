@@ -58,7 +58,7 @@ from rankmath.selection import (  # noqa: E402
     selection_draw,
     task_priorities,
 )
-from training.ml.algorithm1.config import RewardStageConfig  # noqa: E402
+from training.ml.algorithm1.config import RewardStageConfig, RoundConfig  # noqa: E402
 from training.ml.algorithm1.gate import pair_accuracy  # noqa: E402
 from training.ml.algorithm1.steps import (  # noqa: E402
     hash_rank,
@@ -146,6 +146,31 @@ def sample_world_groups(
             entry = RankedPrompt(prompt_id, text, sub, ordering, tuple(ids), "own")
             groups.append(Group(entry, selection_draw(prompt_id, ids)))
     return groups
+
+
+def world_setup(
+    args: argparse.Namespace, category: str, seed: int, round_config: RoundConfig
+) -> tuple[LoopConfig, RankedData, Path]:
+    """The loop settings (``round_config`` sampling at ``args.sampling_steps``) and the image store of one
+    category and seed, under ``args.work_dir``: what every own-sample bench samples and ranks with."""
+    feedback = round_config.feedback
+    round_config = dataclasses.replace(
+        round_config,
+        feedback=dataclasses.replace(
+            feedback,
+            sampling_steps=args.sampling_steps,
+            late_steps=min(feedback.late_steps, args.sampling_steps),
+        ),
+    )
+    work = Path(args.work_dir) / category / f"seed{seed}"
+    loop = LoopConfig(
+        output_dir=str(work),
+        base_model_path=args.base,
+        annotators=args.annotators,
+        round=round_config,
+        categories=(category,),
+    )
+    return loop, RankedData(work), work
 
 
 def records_of(data: RankedData, groups: list[Group]) -> list:
@@ -293,22 +318,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     hidden_size=args.reward_hidden,
                     layers=args.reward_layers,
                 ),
-                feedback=dataclasses.replace(
-                    base_round.feedback,
-                    sampling_steps=args.sampling_steps,
-                    late_steps=min(base_round.feedback.late_steps, args.sampling_steps),
-                ),
             )
             assert isinstance(round_config.reward, RewardStageConfig)
-            work = Path(args.work_dir) / category / f"seed{seed}"
-            loop = LoopConfig(
-                output_dir=str(work),
-                base_model_path=args.base,
-                annotators=args.annotators,
-                round=round_config,
-                categories=(category,),
-            )
-            data = RankedData(work)
+            loop, data, work = world_setup(args, category, seed, round_config)
             prompts = category_prompts(category, seed)[: args.pool_prompts + args.eval_prompts]
             if len(prompts) < args.pool_prompts + args.eval_prompts:
                 raise SystemExit(f"{category} has only {len(prompts)} training prompts")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import active_selection  # noqa: E402
 
 from training.ml.algorithm1.gate import pair_accuracy  # noqa: E402
-from training.ml.loop import LoopConfig, RankedData, loop_round_config  # noqa: E402
+from training.ml.loop import loop_round_config  # noqa: E402
 from training.ml.world.encoder import ENCODER_DIR  # noqa: E402
 from training.ml.world.model import PRETRAINED_DIR  # noqa: E402
 
@@ -93,24 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for category in args.categories:
         results[category] = []
         for seed in range(args.seeds):
-            base_round = loop_round_config(seed)
-            round_config = dataclasses.replace(
-                base_round,
-                feedback=dataclasses.replace(
-                    base_round.feedback,
-                    sampling_steps=args.sampling_steps,
-                    late_steps=min(base_round.feedback.late_steps, args.sampling_steps),
-                ),
-            )
-            work = Path(args.work_dir) / category / f"seed{seed}"
-            loop = LoopConfig(
-                output_dir=str(work),
-                base_model_path=args.base,
-                annotators=args.annotators,
-                round=round_config,
-                categories=(category,),
-            )
-            data = RankedData(work)
+            loop, data, _ = active_selection.world_setup(args, category, seed, loop_round_config(seed))
             prompts = active_selection.category_prompts(category, seed)
             prompts = prompts[args.pool_prompts : args.pool_prompts + args.eval_prompts]
             groups = active_selection.sample_world_groups(args, loop, data, prompts, args.pool_prompts)

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import active_selection  # noqa: E402
 
 from training.ml.algorithm1.steps import own_sample_accuracy, train_reward  # noqa: E402
-from training.ml.loop import LoopConfig, RankedData, loop_round_config  # noqa: E402
+from training.ml.loop import loop_round_config  # noqa: E402
 from training.ml.world.model import PRETRAINED_DIR  # noqa: E402
 
 
@@ -76,22 +76,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 learning_rate=lr,
                 freeze_fraction=reward.freeze_fraction if args.freeze is None else args.freeze,
             ),
-            feedback=dataclasses.replace(
-                base_round.feedback,
-                sampling_steps=args.sampling_steps,
-                late_steps=min(base_round.feedback.late_steps, args.sampling_steps),
-            ),
         )
 
-    work = Path(args.work_dir) / args.category / f"seed{args.seed}"
-    loop = LoopConfig(
-        output_dir=str(work),
-        base_model_path=args.base,
-        annotators=args.annotators,
-        round=round_config(*args.settings[0]),
-        categories=(args.category,),
+    # The per-setting configs differ only in the reward stage, which sampling and ranking never read.
+    loop, data, work = active_selection.world_setup(
+        args, args.category, args.seed, round_config(*args.settings[0])
     )
-    data = RankedData(work)
     prompts = active_selection.category_prompts(args.category, args.seed)
     prompts = prompts[: args.pool_prompts + args.eval_prompts]
     pool = active_selection.sample_world_groups(args, loop, data, prompts[: args.pool_prompts], 0)
@@ -106,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for epochs, lr in args.settings:
         t0 = time.perf_counter()
         info = train_reward(
-            round_config(epochs, lr),
+            dataclasses.replace(loop.round, reward=round_config(epochs, lr).reward),
             args.category,
             train,
             data.loader(),
