@@ -173,6 +173,21 @@ def world_setup(
     return loop, RankedData(work), work
 
 
+def write_result(args: argparse.Namespace, started: float, **payload: Any) -> dict[str, Any]:
+    """A bench's JSON at ``args.out``: its payload, the settings it ran with, wall seconds, and the
+    machine's load when written (wall-clock seconds mean little on a shared box without it)."""
+    summary = {
+        **payload,
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")},
+        "seconds": round(time.perf_counter() - started, 1),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def records_of(data: RankedData, groups: list[Group]) -> list:
     view = copy.copy(data)
     view.prompts = [g.entry for g in groups]

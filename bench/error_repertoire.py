@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -28,6 +27,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import active_selection  # noqa: E402
 
 from training.ml.algorithm1.steps import hash_rank  # noqa: E402
 from training.ml.world.encoder import EncoderConfig, hard_negative, plan_errors  # noqa: E402
@@ -113,16 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "encoder_pretraining_scenes": tally(planned_verdicts(prompts, args.seeds, rng, sub)),
         }
         print(json.dumps({sub: result[sub]}), flush=True)
-    summary = {
-        "subcategories": result,
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
-        "seconds": round(time.perf_counter() - started, 1),
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1))
-    return summary
+    return active_selection.write_result(args, started, subcategories=result)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -123,16 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    summary = {
-        "rows": rows,
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "work_dir")},
-        "seconds": round(time.perf_counter() - started, 1),
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=1))
-    return summary
+    return active_selection.write_result(args, started, rows=rows)
 
 
 if __name__ == "__main__":

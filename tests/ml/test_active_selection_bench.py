@@ -4,16 +4,11 @@ code moves (the real measurement is recorded in BENCHMARKS.md)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.ml.bench_run import run_bench
 from training.ml.world.model import PRETRAINED_DIR
-
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -23,23 +18,15 @@ def test_the_active_selection_bench_writes_learning_curves_per_policy_and_the_ra
     args = "--seeds 2 --pool-prompts 8 --eval-prompts 4 --group-size 3 --annotators 2 --initial-tasks 2"
     args += " --batch-tasks 2 --rounds 2 --reward-epochs 1 --reward-hidden 32 --reward-layers 1"
     args += " --sampling-steps 4 --random-share 0.5"
-    subprocess.run(
-        [
-            sys.executable,
-            "bench/active_selection.py",
-            "--base",
-            str(PRETRAINED_DIR),
-            "--work-dir",
-            str(tmp_path / "work"),
-            "--out",
-            str(out),
-            *args.split(),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=True,
-        capture_output=True,
-        timeout=600,
+    run_bench(
+        "active_selection.py",
+        "--base",
+        str(PRETRAINED_DIR),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--out",
+        str(out),
+        *args.split(),
     )
     summary = json.loads(out.read_text())
     assert "rankings_ratio" in summary and summary["complete"] is True

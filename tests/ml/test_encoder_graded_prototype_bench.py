@@ -4,13 +4,13 @@ zero-shot and active-selection benches can load (its recorded runs are in BENCHM
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.ml.bench_run import run_bench
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -21,14 +21,8 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("mix", ["plan", "relation"])
 def test_the_prototype_continues_the_committed_encoder_and_saves_a_loadable_folder(tmp_path, mix):
     out = tmp_path / "encoder"
-    subprocess.run(
-        [sys.executable, "bench/encoder_graded_prototype.py", "--out", str(out), "--steps", "2"]
-        + ["--pairs", "8", "--error-mix", mix],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=True,
-        capture_output=True,
-        timeout=600,
+    run_bench(
+        "encoder_graded_prototype.py", "--out", str(out), "--steps", "2", "--pairs", "8", "--error-mix", mix
     )
     info = json.loads((out / "train_info.json").read_text())
     assert info["prototype"]["error_mix"] == mix and 0 <= info["held_out"]["itm_accuracy"] <= 1

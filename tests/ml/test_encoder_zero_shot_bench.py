@@ -4,16 +4,11 @@ moves (the real measurement is recorded in BENCHMARKS.md)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.ml.bench_run import run_bench
 from training.ml.world.encoder import ENCODER_DIR
-
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
@@ -23,22 +18,7 @@ def test_the_zero_shot_bench_scores_the_same_held_out_panel_pairs_with_the_itm_h
     args = (
         "--categories spatial --seeds 1 --pool-prompts 2 --eval-prompts 3 --group-size 3 --sampling-steps 4"
     )
-    subprocess.run(
-        [
-            sys.executable,
-            "bench/encoder_zero_shot.py",
-            "--work-dir",
-            str(tmp_path / "work"),
-            "--out",
-            str(out),
-        ]
-        + args.split(),
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    run_bench("encoder_zero_shot.py", "--work-dir", str(tmp_path / "work"), "--out", str(out), *args.split())
     summary = json.loads(out.read_text())
     (row,) = summary["categories"]["spatial"]
     itm = row["itm"][str(ENCODER_DIR)]

@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.ml.bench_run import run_bench
 from training.ml.world.vocab import SUBCATEGORIES
-
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_repertoire_bench_tallies_violated_facts_of_samples_and_of_pretraining_scenes(tmp_path):
     out = tmp_path / "repertoire.json"
-    subprocess.run(
-        [sys.executable, "bench/error_repertoire.py", "--prompts", "2", "--seeds", "2", "--steps", "2"]
-        + ["--out", str(out)],
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    run_bench("error_repertoire.py", "--prompts", "2", "--seeds", "2", "--steps", "2", "--out", str(out))
     result = json.loads(out.read_text())["subcategories"]
     assert set(result) == set(SUBCATEGORIES)
     for sub, sides in result.items():

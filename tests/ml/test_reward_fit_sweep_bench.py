@@ -4,14 +4,10 @@ measured on the same held-out panel pairs (the real measurement is recorded in B
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.ml.bench_run import run_bench
 
 pytestmark = pytest.mark.slow
 
@@ -19,15 +15,7 @@ pytestmark = pytest.mark.slow
 def test_the_fit_sweep_trains_one_reward_model_per_setting_and_measures_each_on_the_same_pairs(tmp_path):
     out = tmp_path / "sweep.json"
     args = "--pool-prompts 16 --eval-prompts 3 --group-size 3 --sampling-steps 4 --settings 1:1e-4 2:1e-3"
-    subprocess.run(
-        [sys.executable, "bench/reward_fit_sweep.py", "--work-dir", str(tmp_path / "w"), "--out", str(out)]
-        + args.split(),
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    run_bench("reward_fit_sweep.py", "--work-dir", str(tmp_path / "w"), "--out", str(out), *args.split())
     rows = json.loads(out.read_text())["rows"]
     assert [(r["epochs"], r["lr"]) for r in rows] == [(1, 1e-4), (2, 1e-3)]
     assert len({r["eval_pairs"] for r in rows}) == 1 and rows[0]["eval_pairs"] > 0
