@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+# A database outage is temporary: retry (2, 4, 8 … 60 s apart) instead of losing the recompute.
+_DATABASE_DOWN = (OperationalError, InterfaceError)
 
 
-@shared_task(name="annotation.recompute_consensus")
+@shared_task(
+    name="annotation.recompute_consensus",
+    autoretry_for=_DATABASE_DOWN,
+    retry_backoff=2,
+    retry_backoff_max=60,
+    retry_jitter=False,
+    max_retries=10,
+)
 def recompute_consensus(task_id: int) -> int | None:
     from annotation.services.consensus import consensus_recompute
+    from annotation.services.task_status import task_complete_if_full
 
+    # Normally a no-op: completes a full task whose completion the web process could not write.
+    task_complete_if_full(task_id=task_id)
     consensus = consensus_recompute(task_id=task_id)
     return None if consensus is None else consensus.pk
 

@@ -7,7 +7,9 @@ Starts its own PostgreSQL (pgserver's binaries, tests/reliability/servers.py; ne
 bench/load_annotators.py's annotators against gunicorn (DEBUG=0), stops PostgreSQL (immediate mode, as a
 crash) one second into the load, keeps it down --down seconds, starts it again. Then checks: requests during
 the outage failed cleanly (503 + Retry-After, no hang: slowest request printed), the load recovered (all tasks reach K),
-every acknowledged (303) submission is stored exactly once, no task over K.
+every acknowledged (303) submission is stored exactly once and every stored one was acknowledged (annotators
+repeat a submission that met the outage with its idempotency key, as a person pressing "try again" does),
+no task over K.
 """
 
 from __future__ import annotations

@@ -137,12 +137,19 @@ class Annotator:
                     **{f"rank_{label}": str(pos) for pos, label in enumerate(order, start=1)},
                 }
             )
-            status, _, took = self._request("POST", f"/rank/claims/{int(claim.group(1))}/submit/", body)
-            with lock:
-                out["post"].append(took)
-                out["statuses"].append(status)
-                if status == 303:
-                    out["accepted"] += 1
+            path = f"/rank/claims/{int(claim.group(1))}/submit/"
+            while True:
+                status, _, took = self._request("POST", path, body)
+                with lock:
+                    out["post"].append(took)
+                    out["statuses"].append(status)
+                    if status == 303:
+                        out["accepted"] += 1
+                # An outage (503, or no answer) leaves it unknown whether the ranking was stored: a person
+                # presses "try again", and the same idempotency key makes the repeat safe either way.
+                if status not in (0, 503) or time.perf_counter() >= deadline:
+                    break
+                time.sleep(0.25)
 
 
 def run_load(port: int, sessions: list[str], max_rounds: int) -> dict:

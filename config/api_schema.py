@@ -16,8 +16,14 @@ _REFUSALS = {
 }
 
 
+_URI_TOO_LONG = (
+    "the request line is longer than the web server accepts (gunicorn's default: 4,094 bytes); "
+    "send fewer query values"
+)
+
+
 def document_refusals(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
-    """Add 400/401/403 to every operation, 404 where the path has parameters and 415 where there is a body,
+    """Add 400/401/403 and 414 to every operation, 404 where the path has parameters and 415 where there is a body,
     each with the JSON error object DRF answers with (so schemathesis' status-code and content-type checks
     hold for refusals too)."""
     for path, operations in result.get("paths", {}).items():
@@ -37,4 +43,6 @@ def document_refusals(result: dict[str, Any], generator: Any, request: Any, publ
                     code,
                     {"description": description, "content": {"application/json": {"schema": _ERROR}}},
                 )
+            # Refused by the web server before the app sees it, so its body is the server's, not JSON.
+            responses.setdefault("414", {"description": _URI_TOO_LONG})
     return result

@@ -4,6 +4,7 @@ annotator's correction of their last ranking."""
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -12,7 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from annotation.models import ClaimStatus, Ranking, RankingTask, TaskClaim, TaskStatus
@@ -35,6 +36,8 @@ from rankmath.rankformats import Ordering, OrderingError, validate_ordering
 
 # How long an annotator may correct their own last ranking.
 CORRECTION_WINDOW_SECONDS: int = getattr(settings, "RANKING_CORRECTION_SECONDS", 300)
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -256,9 +259,20 @@ def _after_ranking(task_id: int, *, may_be_full: bool = True) -> None:
     Done after commit on purpose: when the last two rankings of a task commit at the same moment, each
     transaction sees only its own, but the later of these statements starts after both commits and sees
     both — so the task is always closed, which a count inside either transaction could not promise.
+
+    The ranking is already committed here, so a database that stops answering now must not turn the
+    acknowledgement into an error page (the annotator would read "not saved" and rank again): the failure
+    is logged and the consensus worker, which retries until the database answers, completes the task.
     """
     if may_be_full:
-        task_complete_if_full(task_id=task_id)
+        try:
+            task_complete_if_full(task_id=task_id)
+        except DatabaseError:
+            logger.warning(
+                "task %s: completion after a committed ranking failed; left to the consensus worker",
+                task_id,
+                exc_info=True,
+            )
     _schedule_consensus(task_id)
 
 

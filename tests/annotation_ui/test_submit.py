@@ -117,6 +117,46 @@ def test_consensus_is_scheduled_only_after_commit(
     assert scheduled == [claimed.task_id]
 
 
+def test_a_committed_ranking_is_acknowledged_when_the_database_fails_right_after_it(
+    client, claimed, django_capture_on_commit_callbacks, monkeypatch
+):
+    """The outage that broke the fault bench: the ranking commits, then the completion update fails."""
+    from django.db import OperationalError
+
+    import annotation.services.submission as submission_module
+
+    def database_gone(*, task_id):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    scheduled = []
+    monkeypatch.setattr(submission_module, "task_complete_if_full", database_gone)
+    monkeypatch.setattr(submission_module, "_schedule_consensus", lambda task_id: scheduled.append(task_id))
+    RankingTask.objects.filter(pk=claimed.task_id).update(required_rankings=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(_url(claimed), submit_data(claimed))
+    assert response.status_code == 303
+    assert Ranking.objects.filter(task_id=claimed.task_id).count() == 1
+    # The consensus worker still gets the task, and it is what completes it (next test).
+    assert scheduled == [claimed.task_id]
+    assert RankingTask.objects.get(pk=claimed.task_id).status == "open"
+
+
+def test_the_consensus_worker_completes_a_full_task_the_web_process_could_not(claimed, annotator):
+    from annotation.services.submission import ranking_submit
+    from annotation.tasks import recompute_consensus
+
+    RankingTask.objects.filter(pk=claimed.task_id).update(required_rankings=1)
+    ranking_submit(
+        claim_id=claimed.pk,
+        annotator=annotator,
+        fields={k: [v] for k, v in submit_data(claimed).items()},
+        idempotency_key=uuid.uuid4(),
+    )  # inside the test transaction: its after-commit completion never runs
+    assert RankingTask.objects.get(pk=claimed.task_id).status == "open"
+    recompute_consensus.run(task_id=claimed.task_id)
+    assert RankingTask.objects.get(pk=claimed.task_id).status == "complete"
+
+
 BAD = {
     "wrong image label": (lambda d: d.update({"rank_9": "1"}), 400, "not one of this task"),
     "image ranked twice": (lambda d: d.update({"rank_1": ["1", "2"]}), 400, "was given 2 ranks"),
