@@ -43,6 +43,67 @@ def test_a_hard_negative_caption_differs_by_one_edit_and_is_false_of_the_origina
     assert false_count >= 36
 
 
+def _negative_kind(spec, negative) -> str:
+    """Which of the four edits turned ``spec`` into ``negative``."""
+    shapes = [o.shape for o in spec.objects]
+    if negative.relation != spec.relation or (
+        spec.relation and [o.shape for o in negative.objects] == shapes[::-1]
+    ):
+        return "relation"
+    if [o.shape for o in negative.objects] != shapes:
+        return "shape"
+    for key in ("color", "texture", "size"):
+        before = [getattr(o, key) for o in spec.objects]
+        after = [getattr(o, key) for o in negative.objects]
+        if after != before:
+            return "swap" if after == before[::-1] else "change"
+    return "none"
+
+
+def test_hard_negative_kind_weights_draw_only_the_kinds_asked_for_and_each_in_proportion():
+    rng = np.random.default_rng(0)
+    relational = parse_prompt("a red circle to the left of a blue square")
+    plain = parse_prompt("a red circle and a blue square")
+    swaps_only = [_negative_kind(plain, hard_negative(plain, rng, (0, 0, 1, 0))) for _ in range(50)]
+    assert set(swaps_only) == {"swap"}
+    # A relation weight on a prompt without a relation is not turned into another kind.
+    assert {_negative_kind(plain, hard_negative(plain, rng, (5, 0, 0, 1))) for _ in range(50)} == {"change"}
+    kinds = [_negative_kind(relational, hard_negative(relational, rng, (3, 0, 1, 0))) for _ in range(400)]
+    assert set(kinds) == {"relation", "swap"} and 0.68 < kinds.count("relation") / 400 < 0.82
+
+
+@pytest.mark.parametrize("weights", [(1, 1, 1), (1, -1, 1, 1), (1, 0, 0, 0)])
+def test_negative_kind_weights_must_be_four_usable_weights(weights):
+    with pytest.raises(ValueError, match="negative_kind_weights"):
+        EncoderConfig(negative_kind_weights=weights)
+
+
+def test_the_default_hard_negatives_are_the_committed_encoders_draws():
+    # Drawn with the code the committed encoder was trained with (before kind weights existed): unweighted
+    # draws must keep that random stream, or the recorded retrain command would no longer reproduce it.
+    prompts = [
+        "a striped circle above a dotted square",
+        "a red circle and a blue square",
+        "a small circle and a big square",
+        "a circle inside a purple square",
+    ]
+    rng = np.random.default_rng(3)
+    assert [hard_negative(parse_prompt(p), rng).text for p in prompts * 3] == [
+        "a solid circle above a dotted square",
+        "a purple circle and a blue square",
+        "a small circle and a small square",
+        "a purple square inside a circle",
+        "a striped circle below a dotted square",
+        "a red diamond and a blue square",
+        "a small triangle and a big square",
+        "a circle inside a green square",
+        "a striped circle below a dotted square",
+        "a green circle and a blue square",
+        "a small circle and a small square",
+        "a diamond inside a purple square",
+    ]
+
+
 def test_cell_labels_name_the_object_covering_each_cell_and_empty_elsewhere():
     obj = SceneObject("square", "blue", "solid", extent=8, left=0, top=0)
     scene = make_scene([obj])

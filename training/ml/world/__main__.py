@@ -52,6 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     enc.add_argument("--layers", type=int, default=enc_defaults.layers)
     enc.add_argument("--threads", type=int, default=enc_defaults.threads)
     enc.add_argument("--eval-examples", type=int, default=enc_defaults.eval_examples)
+    enc.add_argument(
+        "--caption-negative-share", type=float, default=enc_defaults.caption_negative_share
+    )
+    enc.add_argument(
+        "--negative-kind-weights",
+        type=float,
+        nargs=4,
+        metavar=("RELATION", "SHAPE", "SWAP", "CHANGE"),
+        help="relative weights of the hard-negative caption kinds (default: all alike)",
+    )
 
     sample = commands.add_parser("sample", help="write a PNG grid of samples for prompts")
     sample.add_argument("prompts", nargs="+")
@@ -93,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             threads=args.threads,
             eval_examples=args.eval_examples,
+            caption_negative_share=args.caption_negative_share,
+            negative_kind_weights=(
+                None if args.negative_kind_weights is None else tuple(args.negative_kind_weights)
+            ),
         )
         command = "python -m training.ml.world " + " ".join(shlex.quote(a) for a in argv)
         record = pretrain_encoder(encoder_config, out=args.out, command=command)

@@ -73,6 +73,11 @@ class EncoderConfig:
     # into the scene instead); together they give roughly balanced matches and mismatches.
     caption_negative_share: float = 0.3
     scene_error_share: float = 0.4
+    # Relative weights of the hard-negative caption kinds: reversed relation, changed shape, attribute
+    # swapped between the two objects, attribute changed. None: the four drawn alike, with the relation
+    # kind falling back to a changed attribute in prompts without a relation (the committed encoder's
+    # recipe). Swaps and reversals are the only kinds a bag of words cannot tell from the true caption.
+    negative_kind_weights: tuple[float, float, float, float] | None = None
     dense_weight: float = 1.0
     itc_weight: float = 0.5
     itc_temperature: float = 0.07
@@ -97,6 +102,14 @@ class EncoderConfig:
             raise ValueError("learning_rate, itc_temperature and grad_clip must be positive")
         if min(self.dense_weight, self.itc_weight, self.weight_decay, self.warmup_steps) < 0:
             raise ValueError("loss weights, weight decay and warm-up must be non-negative")
+        if self.negative_kind_weights is not None:
+            weights = tuple(float(w) for w in self.negative_kind_weights)
+            if len(weights) != 4 or min(weights) < 0 or sum(weights[1:]) <= 0:
+                raise ValueError(
+                    "negative_kind_weights: four non-negative weights (relation, shape, swap, change), "
+                    "not all of shape/swap/change zero"
+                )
+            object.__setattr__(self, "negative_kind_weights", weights)
 
 
 # ----------------------------------------------------------------------------------------- examples
@@ -112,12 +125,23 @@ def encoder_prompt_specs(held_out: bool) -> dict[str, list[PromptSpec]]:
     }
 
 
-def hard_negative(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
+def hard_negative(
+    spec: PromptSpec, rng: np.random.Generator, weights: tuple[float, ...] | None = None
+) -> PromptSpec:
     """A caption one edit away from ``spec``: an attribute swapped between the objects or changed, a shape
-    changed, or the relation reversed. Whether it still matches a scene is decided by the scene's facts."""
+    changed, or the relation reversed. Whether it still matches a scene is decided by the scene's facts.
+
+    ``weights`` (relation, shape, swap, change): how often each kind is drawn; kinds the prompt cannot take
+    (a relation, a swap of an attribute only one object states) are drawn again. None: all alike, and the
+    relation kind becomes a changed attribute in prompts without one."""
+    if weights is not None:
+        usable = list(weights)
+        if spec.relation is None:
+            usable[0] = 0.0
+        probabilities = np.asarray(usable) / sum(usable)
     for _ in range(20):
         first, second = spec.objects
-        kind = int(rng.integers(4))
+        kind = int(rng.integers(4)) if weights is None else int(rng.choice(4, p=probabilities))
         try:
             if kind == 0 and spec.relation is not None:
                 relation = OPPOSITE.get(spec.relation)
@@ -136,11 +160,10 @@ def hard_negative(spec: PromptSpec, rng: np.random.Generator) -> PromptSpec:
             i, key = stated[int(rng.integers(len(stated)))]
             objects = list(spec.objects)
             other = objects[1 - i]
-            if (
-                kind == 2
-                and getattr(other, key) is not None
-                and getattr(other, key) != getattr(objects[i], key)
-            ):
+            swappable = getattr(other, key) is not None and getattr(other, key) != getattr(objects[i], key)
+            if weights is not None and kind == 2 and not swappable:
+                continue
+            if kind == 2 and swappable:
                 a, b = getattr(objects[0], key), getattr(objects[1], key)
                 objects[0] = dataclasses.replace(objects[0], **{key: b})
                 objects[1] = dataclasses.replace(objects[1], **{key: a})
@@ -220,7 +243,11 @@ def draw_example(
         scene = planned_scene(spec, rng, errors)
     except LayoutError:
         scene = planned_scene(spec, rng)
-    caption_spec = hard_negative(spec, rng) if rng.random() < config.caption_negative_share else spec
+    caption_spec = (
+        hard_negative(spec, rng, config.negative_kind_weights)
+        if rng.random() < config.caption_negative_share
+        else spec
+    )
     match = int(truth_score(caption_spec, scene) == 1.0)
     img, coverages = render_scene_array(scene, config.image_size)
     style = STYLES[int(rng.integers(len(STYLES)))]

@@ -1,0 +1,55 @@
+"""bench/encoder_error_pairs.py: its interval by hand, its pairs by construction, the bench at toy size."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+from tests.ml.bench_run import run_bench
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def test_the_wilson_interval_matches_hand_computed_values():
+    from encoder_error_pairs import wilson
+
+    low, high = wilson(50, 100)
+    assert math.isclose(low, 0.4038, abs_tol=1e-4) and math.isclose(high, 0.5962, abs_tol=1e-4)
+    low, high = wilson(10, 10)
+    assert math.isclose(low, 0.7225, abs_tol=1e-4) and high == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("error", ["reverse", "swap_color", "drop", "extra"])
+def test_an_error_pair_is_a_correct_scene_and_one_made_wrong_by_exactly_that_error(error):
+    from encoder_error_pairs import error_pair
+
+    from training.ml.world.facts import truth_score
+    from training.ml.world.grammar import parse_prompt
+
+    spec = parse_prompt("a red circle to the left of a blue square")
+    rng = np.random.default_rng(0)
+    pairs = [p for p in (error_pair(spec, error, rng) for _ in range(20)) if p is not None]
+    assert pairs
+    for right, wrong in pairs:
+        assert truth_score(spec, right) == 1.0 > truth_score(spec, wrong)
+
+
+@pytest.mark.slow
+def test_the_error_pair_bench_scores_each_error_kind_and_style(tmp_path):
+    out = tmp_path / "pairs.json"
+    run_bench(
+        "encoder_error_pairs.py",
+        *["--pairs", "3", "--subcategories", "spatial", "--styles", "clean", "blob", "--out"],
+        str(out),
+    )
+    rows = json.loads(out.read_text())["subcategories"]["spatial"]
+    assert {"reverse", "random_layout", "swap_color", "drop", "extra"} <= set(rows)
+    for styles in rows.values():
+        assert set(styles) == {"clean", "blob"}
+        for cell in styles.values():
+            assert cell["n"] == 3 and cell["low"] <= cell["accuracy"] <= cell["high"]
