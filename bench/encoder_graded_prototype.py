@@ -11,6 +11,7 @@ nothing in the app reads it. The recorded runs:
 
     .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_graded --steps 600
     .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_relmix --steps 600 --error-mix relation
+    .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_binding --steps 1500 --error-mix binding
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from encoder_error_pairs import error_pair  # noqa: E402
 
 from training.ml.world.encoder import (  # noqa: E402
     ENCODER_DIR,
@@ -55,14 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--pairs", type=int, default=32, help="images per batch given to ranked scene pairs")
+    p.add_argument(
+        "--pairs", type=int, default=32, help="images per batch given to ranked scene pairs (64: pairs only)"
+    )
     p.add_argument("--rank-weight", type=float, default=1.0)
     p.add_argument(
         "--error-mix",
-        choices=("plan", "relation"),
+        choices=("plan", "relation", "binding"),
         default="plan",
         help="plan: the encoder pretraining's errors; relation: spatial / non-spatial scenes planned with the "
-        "base model's mix (relation wrong in 70 %%, up to two further errors, bench/error_repertoire.py)",
+        "base model's mix (relation wrong in 70 %%, up to two further errors, bench/error_repertoire.py); "
+        "binding: the ranked pairs are a correct scene and one with a single swapped attribute or a wrong "
+        "relation (the errors bench/encoder_error_pairs.py finds the committed encoder blind to)",
     )
     p.add_argument("--threads", type=int, default=1)
     return p
@@ -83,10 +91,34 @@ def relation_mix_errors(sub: str, rng: np.random.Generator) -> tuple[str, ...]:
     return tuple(errors)
 
 
+BINDING_ERRORS = ("swap_color", "swap_texture", "swap_size", "reverse", "random_layout")
+
+
+def binding_pair(specs, rng: np.random.Generator, image_size: int) -> tuple[str, list[np.ndarray], int]:
+    """(caption, [correct render, render with one binding/relation error] in random order, index of the
+    correct one); only errors that change a fact of the caption count (truth scores 1 and < 1)."""
+    while True:
+        sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
+        kinds = [e for e in ERRORS_FOR[sub] if e in BINDING_ERRORS]
+        if not kinds:
+            continue
+        spec = specs[sub][int(rng.integers(len(specs[sub])))]
+        pair = error_pair(spec, kinds[int(rng.integers(len(kinds)))], rng)
+        if pair is None:
+            continue
+        style = STYLES[int(rng.integers(len(STYLES)))]
+        images = [render_style(render_scene_array(s, image_size)[0], style, rng) for s in pair]
+        if rng.random() < 0.5:
+            return spec.text, images, 0
+        return spec.text, images[::-1], 1
+
+
 def scene_pair(
     specs, rng: np.random.Generator, image_size: int, mix: str = "plan"
 ) -> tuple[str, list[np.ndarray], int]:
     """(caption, two renders of scenes planned for it with 0-2 errors each, index of the less wrong one)."""
+    if mix == "binding":
+        return binding_pair(specs, rng, image_size)
     while True:
         sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
         spec = specs[sub][int(rng.integers(len(specs[sub])))]
@@ -141,8 +173,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cosine = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / args.steps))
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / 30) * cosine
-        batch = draw_batch(specs, rng, config, 64 - args.pairs, planner)
-        loss, stats = losses(blip, dense, tokenizer, batch, config)
+        if args.pairs < 64:
+            batch = draw_batch(specs, rng, config, 64 - args.pairs, planner)
+            loss, stats = losses(blip, dense, tokenizer, batch, config)
+        else:  # ranked pairs only: does the pair ranking alone teach what it asks?
+            loss, stats = torch.zeros(()), {}
         pairs = [scene_pair(specs, rng, config.image_size, args.error_mix) for _ in range(args.pairs // 2)]
         captions = [caption for caption, _, _ in pairs for _ in range(2)]
         images = np.stack([image for _, both, _ in pairs for image in both])

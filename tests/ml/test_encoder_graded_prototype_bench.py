@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("mix", ["plan", "relation"])
+@pytest.mark.parametrize("mix", ["plan", "relation", "binding"])
 def test_the_prototype_continues_the_committed_encoder_and_saves_a_loadable_folder(tmp_path, mix):
     out = tmp_path / "encoder"
     run_bench(
@@ -43,3 +43,19 @@ def test_the_relation_mix_plans_the_relation_wrong_in_most_relation_scenes():
     with_relation = np.mean([any(e in RELATION_ERRORS for e in plan) for plan in plans])
     assert 0.66 < with_relation < 0.74
     assert max(len(plan) for plan in plans) == 3 and min(len(plan) for plan in plans) == 0
+
+
+def test_a_binding_pair_is_one_caption_with_a_correct_render_and_a_swapped_or_misplaced_one():
+    from encoder_graded_prototype import binding_pair
+
+    from training.ml.world.encoder import encoder_prompt_specs
+
+    specs = encoder_prompt_specs(held_out=False)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        _, images, correct = binding_pair(specs, rng, 32)
+        assert len(images) == 2 and correct in (0, 1) and images[0].shape == (32, 32, 3)
+        assert not np.array_equal(images[0], images[1])
+        seen.add(correct)
+    assert seen == {0, 1}  # the correct render is not always first

@@ -52,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     enc.add_argument("--layers", type=int, default=enc_defaults.layers)
     enc.add_argument("--threads", type=int, default=enc_defaults.threads)
     enc.add_argument("--eval-examples", type=int, default=enc_defaults.eval_examples)
-    enc.add_argument(
-        "--caption-negative-share", type=float, default=enc_defaults.caption_negative_share
-    )
+    enc.add_argument("--caption-negative-share", type=float, default=enc_defaults.caption_negative_share)
     enc.add_argument(
         "--negative-kind-weights",
         type=float,
