@@ -12,6 +12,12 @@ nothing in the app reads it. The recorded runs:
     .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_graded --steps 600
     .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_relmix --steps 600 --error-mix relation
     .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_binding --steps 1500 --error-mix binding
+    .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_pairsonly --steps 800 --pairs 64 \
+        --lr 5e-4 --error-mix binding
+    .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_ground --steps 1500 \
+        --error-mix binding --grounding 16
+    .venv/bin/python bench/encoder_graded_prototype.py --out /work/runs/enc_ground2 --init /work/runs/enc_ground \
+        --steps 2500 --error-mix binding --grounding 16
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from training.ml.world.encoder import (  # noqa: E402
     DenseHead,
     EncoderConfig,
     _match,
+    _pixel_values,
+    _tokenize,
     draw_batch,
     encoder_prompt_specs,
     evaluate,
@@ -48,15 +56,24 @@ from training.ml.world.encoder import (  # noqa: E402
     render_style,
 )
 from training.ml.world.errors import ERRORS_FOR, RELATION_ERRORS, planned_scene  # noqa: E402
-from training.ml.world.facts import count_extra, prompt_facts, scene_objects  # noqa: E402
+from training.ml.world.facts import (  # noqa: E402
+    count_extra,
+    match_objects,
+    prompt_facts,
+    scene_objects,
+    truth_score,
+)
 from training.ml.world.layout import LayoutError  # noqa: E402
 from training.ml.world.scene import render_scene_array  # noqa: E402
-from training.ml.world.vocab import SUBCATEGORIES  # noqa: E402
+from training.ml.world.vocab import COLORS, SHAPES, SIZES, SUBCATEGORIES, TEXTURES  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--init", default=str(ENCODER_DIR), help="BLIP folder to continue (default: the committed one)"
+    )
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument(
@@ -72,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         "binding: the ranked pairs are a correct scene and one with a single swapped attribute or a wrong "
         "relation (the errors bench/encoder_error_pairs.py finds the committed encoder blind to)",
     )
+    p.add_argument(
+        "--grounding",
+        type=int,
+        default=0,
+        help="images per step for a grounding loss: each word of a true caption's object (its attributes and "
+        "its shape) must point, through its fused token, at that object's 4 px cells (0: off)",
+    )
+    p.add_argument("--grounding-weight", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
     return p
 
@@ -143,6 +168,82 @@ def scene_pair(
         return spec.text, images, 0 if first < second else 1
 
 
+def object_words(text: str, n_objects: int) -> list[list[int]]:
+    """Per caption object (in the caption's order), the word positions of its attributes and its shape."""
+    words = text.split()
+    attributes = set(COLORS) | set(TEXTURES) | set(SIZES)
+    groups: list[list[int]] = []
+    for index, word in enumerate(words):
+        if word in SHAPES:
+            group = [index]
+            back = index - 1
+            while back >= 0 and words[back] in attributes:
+                group.insert(0, back)
+                back -= 1
+            groups.append(group)
+    if len(groups) != n_objects:
+        raise ValueError(f"expected {n_objects} objects in {text!r}")
+    return groups
+
+
+def grounding_example(specs, rng: np.random.Generator, image_size: int, patch: int):
+    """(render, true caption, [(token positions, cell target distribution)] per caption object) for a
+    correctly planned scene; targets are each object's coverage per cell, normalised."""
+    while True:
+        sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
+        spec = specs[sub][int(rng.integers(len(specs[sub])))]
+        try:
+            scene = planned_scene(spec, rng)
+        except LayoutError:
+            continue
+        seen = scene_objects(scene)
+        matches = match_objects(spec, seen)
+        if any(m is None for m in matches) or truth_score(spec, scene) != 1.0:
+            continue
+        img, coverages = render_scene_array(scene, image_size)
+        grid = image_size // patch
+        targets = []
+        for words, match in zip(object_words(spec.text, len(spec.objects)), matches, strict=True):
+            cells = coverages[match].reshape(grid, patch, grid, patch).mean(axis=(1, 3)).flatten()
+            if cells.sum() <= 0:
+                break
+            # +1: the tokenizer's leading [CLS]/[ENC]; one word is one token in the world's vocabulary.
+            targets.append(([w + 1 for w in words], cells / cells.sum()))
+        else:
+            style = STYLES[int(rng.integers(len(STYLES)))]
+            return render_style(img, style, rng), spec.text, targets
+
+
+class GroundingHead(torch.nn.Module):
+    """Scores each image cell for a fused caption token: query · key over the patch tokens (prototype only)."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.query = torch.nn.Linear(hidden, hidden)
+        self.key = torch.nn.Linear(hidden, hidden)
+
+    def loss(self, blip, tokenizer, examples, config) -> tuple[torch.Tensor, float]:
+        images = torch.from_numpy(np.stack([e[0] for e in examples])).permute(0, 3, 1, 2).float()
+        image_embeds = blip.vision_model(
+            pixel_values=_pixel_values(images, config.image_size)
+        ).last_hidden_state
+        ids, mask = _tokenize(tokenizer, [e[1] for e in examples], "enc")
+        fused = blip.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds)
+        tokens = self.query(fused.last_hidden_state)  # [B, L, D]
+        keys = self.key(image_embeds[:, 1:, :])  # [B, cells, D]
+        logits = tokens @ keys.transpose(1, 2) / keys.shape[-1] ** 0.5  # [B, L, cells]
+        total, count, hits = logits.new_zeros(()), 0, 0
+        for b, (_, _, targets) in enumerate(examples):
+            for positions, cells in targets:
+                target = torch.from_numpy(cells).float()
+                for position in positions:
+                    log_p = F.log_softmax(logits[b, position], dim=-1)
+                    total = total - (target * log_p).sum()
+                    hits += int(target[int(log_p.argmax())] > 0)
+                    count += 1
+        return total / max(1, count), hits / max(1, count)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import BlipForImageTextRetrieval
 
@@ -154,10 +255,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     config = EncoderConfig(threads=args.threads, batch_size=64)
     specs = encoder_prompt_specs(held_out=False)
     rng = np.random.default_rng(7)
-    blip = BlipForImageTextRetrieval.from_pretrained(str(ENCODER_DIR), local_files_only=True).train()
-    tokenizer = build_blip_tokenizer(str(ENCODER_DIR))
+    start = Path(args.init)
+    blip = BlipForImageTextRetrieval.from_pretrained(str(start), local_files_only=True).train()
+    tokenizer = build_blip_tokenizer(str(start))
     dense = DenseHead(config.hidden_size)
-    parameters = list(blip.parameters()) + list(dense.parameters())
+    grounding = GroundingHead(config.hidden_size)
+    parameters = list(blip.parameters()) + list(dense.parameters()) + list(grounding.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=0.01)
     planner = None
     if args.error_mix == "relation":
@@ -192,6 +295,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rank = -F.logsigmoid(diff).mean()
         stats["rank"] = float(rank.detach())
         stats["rank_acc"] = float((diff > 0).float().mean())
+        if args.grounding:
+            examples = [
+                grounding_example(specs, rng, config.image_size, config.patch_size)
+                for _ in range(args.grounding)
+            ]
+            ground, hit = grounding.loss(blip, tokenizer, examples, config)
+            loss = loss + args.grounding_weight * ground
+            stats["ground"], stats["ground_hit"] = float(ground.detach()), hit
         optimizer.zero_grad(set_to_none=True)
         (loss + args.rank_weight * rank).backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -206,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     blip.save_pretrained(out)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json"):
-        shutil.copy(ENCODER_DIR / name, out / name)
+        shutil.copy(start / name, out / name)
     record = {
         "prototype": vars(args),
         "held_out": held_out,

@@ -18,11 +18,22 @@ sys.path.insert(0, str(ROOT / "bench"))
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("mix", ["plan", "relation", "binding"])
-def test_the_prototype_continues_the_committed_encoder_and_saves_a_loadable_folder(tmp_path, mix):
+@pytest.mark.parametrize(
+    ("mix", "extra"), [("plan", []), ("relation", []), ("binding", ["--grounding", "2"])]
+)
+def test_the_prototype_continues_the_committed_encoder_and_saves_a_loadable_folder(tmp_path, mix, extra):
     out = tmp_path / "encoder"
     run_bench(
-        "encoder_graded_prototype.py", "--out", str(out), "--steps", "2", "--pairs", "8", "--error-mix", mix
+        "encoder_graded_prototype.py",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--pairs",
+        "8",
+        "--error-mix",
+        mix,
+        *extra,
     )
     info = json.loads((out / "train_info.json").read_text())
     assert info["prototype"]["error_mix"] == mix and 0 <= info["held_out"]["itm_accuracy"] <= 1
@@ -59,3 +70,30 @@ def test_a_binding_pair_is_one_caption_with_a_correct_render_and_a_swapped_or_mi
         assert not np.array_equal(images[0], images[1])
         seen.add(correct)
     assert seen == {0, 1}  # the correct render is not always first
+
+
+def test_object_words_are_each_objects_attributes_and_shape_in_caption_order():
+    from encoder_graded_prototype import object_words
+
+    assert object_words("a dotted circle inside a blue triangle", 2) == [[1, 2], [5, 6]]
+    assert object_words("a small red circle to the left of a square", 2) == [[1, 2, 3], [9]]
+    with pytest.raises(ValueError, match="expected 2 objects"):
+        object_words("a red circle", 2)
+
+
+def test_grounding_targets_are_distributions_over_each_objects_own_cells():
+    from encoder_graded_prototype import grounding_example
+
+    from training.ml.world.encoder import encoder_prompt_specs
+
+    specs = encoder_prompt_specs(held_out=False)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        image, caption, targets = grounding_example(specs, rng, 32, 4)
+        assert image.shape == (32, 32, 3) and len(targets) == 2
+        words = caption.split()
+        for positions, cells in targets:
+            assert cells.shape == (64,) and abs(cells.sum() - 1) < 1e-6 and cells.min() >= 0
+            assert words[positions[-1] - 1] in ("circle", "square", "triangle", "diamond")
+        # Two different objects: their targets are not the same cells.
+        assert not np.allclose(targets[0][1], targets[1][1])
