@@ -148,6 +148,31 @@ def sample_world_groups(
     return groups
 
 
+def add_held_out_group_args(p: argparse.ArgumentParser, name: str) -> None:
+    """The options of a bench that measures on this bench's held-out evaluation groups (same prompts,
+    samples and panel for the same seed and ``--pool-prompts``); results under bench/out/<name>."""
+    p.add_argument("--base", default=str(PRETRAINED_DIR))
+    p.add_argument("--categories", nargs="+", default=["attribute_binding", "spatial", "non_spatial"])
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--pool-prompts", type=int, default=120, help="as active_selection: eval prompts follow")
+    p.add_argument("--eval-prompts", type=int, default=60)
+    p.add_argument("--group-size", type=int, default=4)
+    p.add_argument("--annotators", type=int, default=3)
+    p.add_argument("--sampling-steps", type=int, default=20)
+    p.add_argument("--work-dir", default=str(ROOT / "bench" / "out" / name))
+    p.add_argument("--out", default=str(ROOT / "bench" / "out" / f"{name}.json"))
+    p.add_argument("--threads", type=int, default=1)
+
+
+def held_out_groups(
+    args: argparse.Namespace, category: str, seed: int
+) -> tuple[LoopConfig, RankedData, list[tuple[str, str]], list[Group]]:
+    """(loop, image store, held-out prompts, p_0's panel-ranked groups of them) for one category and seed."""
+    loop, data, _ = world_setup(args, category, seed, loop_round_config(seed))
+    prompts = category_prompts(category, seed)[args.pool_prompts : args.pool_prompts + args.eval_prompts]
+    return loop, data, prompts, sample_world_groups(args, loop, data, prompts, args.pool_prompts)
+
+
 def world_setup(
     args: argparse.Namespace, category: str, seed: int, round_config: RoundConfig
 ) -> tuple[LoopConfig, RankedData, Path]:

@@ -32,25 +32,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 import active_selection  # noqa: E402
 
 from training.ml.algorithm1.gate import pair_accuracy  # noqa: E402
-from training.ml.loop import loop_round_config  # noqa: E402
 from training.ml.world.encoder import ENCODER_DIR  # noqa: E402
-from training.ml.world.model import PRETRAINED_DIR  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--encoders", nargs="+", default=[str(ENCODER_DIR)], help="pretrained BLIP folders")
-    p.add_argument("--base", default=str(PRETRAINED_DIR))
-    p.add_argument("--categories", nargs="+", default=["attribute_binding", "spatial", "non_spatial"])
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--pool-prompts", type=int, default=120, help="as active_selection: eval prompts follow")
-    p.add_argument("--eval-prompts", type=int, default=60)
-    p.add_argument("--group-size", type=int, default=4)
-    p.add_argument("--annotators", type=int, default=3)
-    p.add_argument("--sampling-steps", type=int, default=20)
-    p.add_argument("--work-dir", default=str(ROOT / "bench" / "out" / "encoder_zero_shot"))
-    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "encoder_zero_shot.json"))
-    p.add_argument("--threads", type=int, default=1)
+    active_selection.add_held_out_group_args(p, "encoder_zero_shot")
     return p
 
 
@@ -92,10 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for category in args.categories:
         results[category] = []
         for seed in range(args.seeds):
-            loop, data, _ = active_selection.world_setup(args, category, seed, loop_round_config(seed))
-            prompts = active_selection.category_prompts(category, seed)
-            prompts = prompts[args.pool_prompts : args.pool_prompts + args.eval_prompts]
-            groups = active_selection.sample_world_groups(args, loop, data, prompts, args.pool_prompts)
+            _, data, _, groups = active_selection.held_out_groups(args, category, seed)
             records = active_selection.records_of(data, groups)
             row: dict[str, Any] = {
                 "seed": seed,

@@ -43,28 +43,17 @@ import active_selection  # noqa: E402
 from encoder_zero_shot import ItmScorer  # noqa: E402
 
 from training.ml.algorithm1.gate import pair_accuracy  # noqa: E402
-from training.ml.loop import RankedPrompt, expert_ranking, loop_round_config  # noqa: E402
+from training.ml.loop import RankedPrompt, expert_ranking  # noqa: E402
 from training.ml.world.encoder import ENCODER_DIR  # noqa: E402
 from training.ml.world.gallery import GALLERY_GENERATORS  # noqa: E402
-from training.ml.world.model import PRETRAINED_DIR  # noqa: E402
 from training.ml.world.oracle import oracle_report, oracle_score  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--encoder", default=str(ENCODER_DIR), help="pretrained BLIP folder for the ITM column")
-    p.add_argument("--base", default=str(PRETRAINED_DIR))
-    p.add_argument("--categories", nargs="+", default=["attribute_binding", "spatial", "non_spatial"])
     p.add_argument("--generators", nargs="*", default=["sd15", "sdxl"], choices=sorted(GALLERY_GENERATORS))
-    p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--pool-prompts", type=int, default=120, help="as active_selection: eval prompts follow")
-    p.add_argument("--eval-prompts", type=int, default=60)
-    p.add_argument("--group-size", type=int, default=4)
-    p.add_argument("--annotators", type=int, default=3)
-    p.add_argument("--sampling-steps", type=int, default=20)
-    p.add_argument("--work-dir", default=str(ROOT / "bench" / "out" / "oracle_fragility"))
-    p.add_argument("--out", default=str(ROOT / "bench" / "out" / "oracle_fragility.json"))
-    p.add_argument("--threads", type=int, default=1)
+    active_selection.add_held_out_group_args(p, "oracle_fragility")
     return p
 
 
@@ -196,10 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for category in args.categories:
         results[category] = []
         for seed in range(args.seeds):
-            loop, data, _ = active_selection.world_setup(args, category, seed, loop_round_config(seed))
-            prompts = active_selection.category_prompts(category, seed)
-            prompts = prompts[args.pool_prompts : args.pool_prompts + args.eval_prompts]
-            own = active_selection.sample_world_groups(args, loop, data, prompts, args.pool_prompts)
+            loop, data, prompts, own = active_selection.held_out_groups(args, category, seed)
             row: dict[str, Any] = {"seed": seed, "sources": {"p_0": measure(data, own, scorer, seed)}}
             for generator in args.generators:
                 groups = gallery_groups(args, loop, data, prompts, args.pool_prompts, generator)
