@@ -45,9 +45,8 @@ from training.ml.world.encoder import (  # noqa: E402
     STYLES,
     DenseHead,
     EncoderConfig,
+    _fuse,
     _match,
-    _pixel_values,
-    _tokenize,
     draw_batch,
     encoder_prompt_specs,
     evaluate,
@@ -196,10 +195,9 @@ def grounding_example(specs, rng: np.random.Generator, image_size: int, patch: i
             scene = planned_scene(spec, rng)
         except LayoutError:
             continue
-        seen = scene_objects(scene)
-        matches = match_objects(spec, seen)
-        if any(m is None for m in matches) or truth_score(spec, scene) != 1.0:
+        if truth_score(spec, scene) != 1.0:  # every object present with its attributes, and no extra
             continue
+        matches = match_objects(spec, scene_objects(scene))
         img, coverages = render_scene_array(scene, image_size)
         grid = image_size // patch
         targets = []
@@ -224,12 +222,8 @@ class GroundingHead(torch.nn.Module):
 
     def loss(self, blip, tokenizer, examples, config) -> tuple[torch.Tensor, float]:
         images = torch.from_numpy(np.stack([e[0] for e in examples])).permute(0, 3, 1, 2).float()
-        image_embeds = blip.vision_model(
-            pixel_values=_pixel_values(images, config.image_size)
-        ).last_hidden_state
-        ids, mask = _tokenize(tokenizer, [e[1] for e in examples], "enc")
-        fused = blip.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds)
-        tokens = self.query(fused.last_hidden_state)  # [B, L, D]
+        image_embeds, fused = _fuse(blip, tokenizer, images, [e[1] for e in examples], config)
+        tokens = self.query(fused)  # [B, L, D]
         keys = self.key(image_embeds[:, 1:, :])  # [B, cells, D]
         logits = tokens @ keys.transpose(1, 2) / keys.shape[-1] ** 0.5  # [B, L, cells]
         total, count, hits = logits.new_zeros(()), 0, 0

@@ -358,14 +358,22 @@ def _tokenize(tokenizer, captions: list[str], first: str) -> tuple[torch.Tensor,
     return ids, enc["attention_mask"]
 
 
+def _fuse(
+    blip, tokenizer, images: torch.Tensor, captions: list[str], config: EncoderConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image tokens [B, T, D] and the [ENC] caption's tokens [B, L, D] after cross-attending to them."""
+    image_embeds = blip.vision_model(pixel_values=_pixel_values(images, config.image_size)).last_hidden_state
+    ids, mask = _tokenize(tokenizer, captions, "enc")
+    fused = blip.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds)
+    return image_embeds, fused.last_hidden_state
+
+
 def _match(
     blip, tokenizer, images: torch.Tensor, captions: list[str], config: EncoderConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image tokens [B, T, D] and ITM logits [B, 2]: BLIP's [ENC] text cross-attending to the image."""
-    image_embeds = blip.vision_model(pixel_values=_pixel_values(images, config.image_size)).last_hidden_state
-    ids, mask = _tokenize(tokenizer, captions, "enc")
-    fused = blip.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds)
-    return image_embeds, blip.itm_head(fused.last_hidden_state[:, 0, :])
+    image_embeds, fused = _fuse(blip, tokenizer, images, captions, config)
+    return image_embeds, blip.itm_head(fused[:, 0, :])
 
 
 def losses(
