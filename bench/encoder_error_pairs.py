@@ -30,10 +30,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 import active_selection  # noqa: E402
 from encoder_zero_shot import ItmScorer  # noqa: E402
 
-from training.ml.world.encoder import ENCODER_DIR, STYLES, encoder_prompt_specs, render_style  # noqa: E402
-from training.ml.world.errors import ERRORS_FOR, planned_scene  # noqa: E402
-from training.ml.world.facts import truth_score  # noqa: E402
-from training.ml.world.layout import LayoutError  # noqa: E402
+from training.ml.world.encoder import (  # noqa: E402
+    ENCODER_DIR,
+    STYLES,
+    encoder_prompt_specs,
+    error_pair,
+    render_style,
+)
+from training.ml.world.errors import ERRORS_FOR  # noqa: E402
 from training.ml.world.scene import render_scene_array  # noqa: E402
 from training.ml.world.vocab import SUBCATEGORIES  # noqa: E402
 
@@ -57,18 +61,6 @@ def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return (centre - half, centre + half)
-
-
-def error_pair(spec, error: str, rng: np.random.Generator):
-    """(correct scene, scene with ``error``) for one caption, or None when the error changes no fact."""
-    try:
-        right = planned_scene(spec, rng)
-        wrong = planned_scene(spec, rng, [error])
-    except LayoutError:
-        return None
-    if truth_score(spec, right) != 1.0 or truth_score(spec, wrong) >= 1.0:
-        return None
-    return right, wrong
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

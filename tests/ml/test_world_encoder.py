@@ -17,17 +17,25 @@ from training.ml.world.encoder import (
     EMPTY_SHAPE,
     EMPTY_TEXTURE,
     ENCODER_DIR,
+    RANKED_ERRORS,
     EncoderConfig,
+    GroundingExample,
+    GroundingHead,
     cell_labels,
     draw_example,
     encoder_prompt_specs,
+    error_pair,
+    grounding_example,
     hard_negative,
+    object_words,
     pretrain_encoder,
+    ranked_pair,
 )
 from training.ml.world.facts import truth_score
 from training.ml.world.grammar import is_held_out, parse_prompt
 from training.ml.world.layout import correct_scene, make_scene
 from training.ml.world.scene import SceneObject, render_scene_array
+from training.ml.world.vocab import SUBCATEGORIES
 
 
 def test_a_hard_negative_caption_differs_by_one_edit_and_is_false_of_the_original_scene():
@@ -212,3 +220,130 @@ def test_model_evaluation_reports_the_share_of_images_with_each_fact_right():
         "extras": 0.0,
     }
     assert scores.by_subcategory == {"color": 1.0, "spatial": 1.0}
+
+
+def test_a_ranked_pair_is_one_caption_with_a_correct_render_and_a_swapped_or_misplaced_one():
+    specs = encoder_prompt_specs(held_out=False)
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(40):
+        _, images, correct = ranked_pair(specs, rng, 32)
+        assert len(images) == 2 and correct in (0, 1) and images[0].shape == (32, 32, 3)
+        assert not np.array_equal(images[0], images[1])
+        seen.add(correct)
+    assert seen == {0, 1}  # the correct render is not always first
+
+
+@pytest.mark.parametrize("error", ["reverse", "swap_color", "drop", "extra"])
+def test_an_error_pair_is_a_correct_scene_and_one_made_wrong_by_exactly_that_error(error):
+    spec = parse_prompt("a red circle to the left of a blue square")
+    rng = np.random.default_rng(0)
+    pairs = [p for p in (error_pair(spec, error, rng) for _ in range(20)) if p is not None]
+    assert pairs
+    for right, wrong in pairs:
+        assert truth_score(spec, right) == 1.0 > truth_score(spec, wrong)
+
+
+def test_object_words_are_each_objects_attributes_and_shape_in_caption_order():
+    assert object_words("a dotted circle inside a blue triangle", 2) == [[1, 2], [5, 6]]
+    assert object_words("a small red circle to the left of a square", 2) == [[1, 2, 3], [9]]
+    with pytest.raises(ValueError, match="expected 2 objects"):
+        object_words("a red circle", 2)
+
+
+def test_grounding_targets_are_each_objects_own_cells_and_the_relation_as_the_scene_has_it():
+    rng = np.random.default_rng(1)
+    for sub, text in _RELATION_PROMPTS.items():
+        only = {s: [parse_prompt(text)] for s in SUBCATEGORIES}  # every draw is this prompt
+        for _ in range(5):
+            example = grounding_example(only, rng, 32, 4)
+            assert example.caption == text and example.image.shape == (32, 32, 3)
+            words = text.split()
+            for positions, cells in example.objects:
+                assert cells.shape == (64,) and abs(cells.sum() - 1) < 1e-6 and cells.min() >= 0
+                assert words[positions[-1] - 1] in ("circle", "square", "triangle", "diamond")
+            dx, dy = example.offset
+            inside, contains, touching = example.flags
+            if sub == "left":  # the circle is left of the square: the square lies to its right
+                assert dx > abs(dy) and example.flags == (0.0, 0.0, example.flags[2])
+            elif sub == "above":  # image y grows downwards: the square lies below the circle
+                assert dy > abs(dx)
+            elif sub == "inside":
+                assert (inside, contains, touching) == (1.0, 0.0, 0.0)
+            else:
+                assert (inside, contains, touching) == (0.0, 0.0, 1.0)
+            if sub != "inside":  # two different objects: their targets are not the same cells
+                assert not np.allclose(example.objects[0][1], example.objects[1][1])
+
+
+_RELATION_PROMPTS = {
+    "left": "a red circle to the left of a blue square",
+    "above": "a circle above a striped square",
+    "inside": "a small circle inside a big square",
+    "touching": "a green circle touching a square",
+}
+
+
+def test_the_grounding_loss_is_each_words_cross_entropy_over_cells_and_the_relation_loss_is_hand_checkable():
+    head = GroundingHead(hidden=2)
+    with torch.no_grad():
+        for linear in (head.query, head.key):
+            linear.weight.copy_(torch.eye(2))
+            linear.bias.zero_()
+    # [CLS] then two cells; tokens: [ENC], a word pointing at cell 0, a word pointing at cell 1.
+    image_embeds = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])
+    fused = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]]])
+    example = GroundingExample(
+        image=np.zeros((32, 32, 3)),
+        caption="circle square",
+        objects=(((1,), np.array([1.0, 0.0])), ((2,), np.array([0.5, 0.5]))),
+        offset=(0.25, -0.5),
+        flags=(0.0, 1.0, 0.0),
+    )
+    with torch.no_grad():  # a constant prediction: the offset in eighths of the canvas, flag logits 0
+        head.relation[-1].weight.zero_()
+        head.relation[-1].bias.copy_(torch.tensor([2.0, -4.0, 0.0, 0.0, 0.0]))
+    ground, relation, stats = head.loss(image_embeds, fused, [example])
+    # Logits are q·k / sqrt(2): word 1 sees (2, 0)/1.414, word 2 (0, 2)/1.414.
+    a = 2 / 2**0.5
+    ce_first = -(a - np.log(np.exp(a) + 1))
+    ce_second = -(0.5 * (0 - np.log(1 + np.exp(a))) + 0.5 * (a - np.log(1 + np.exp(a))))
+    assert ground.item() == pytest.approx((ce_first + ce_second) / 2, rel=1e-5)
+    assert relation.item() == pytest.approx(np.log(2), rel=1e-5)  # exact offset; three flags at logit 0
+    assert stats["ground_hit"] == 1.0 and stats["relation_side"] == 1.0
+
+
+def test_relation_weight_needs_grounding_examples_and_weights_are_non_negative():
+    with pytest.raises(ValueError, match="relation_weight needs grounding_examples"):
+        EncoderConfig(relation_weight=1.0)
+    with pytest.raises(ValueError, match="non-negative"):
+        EncoderConfig(ranked_pairs=-1)
+
+
+def test_continued_pretraining_with_grounding_and_ranked_pairs_keeps_the_first_stages_record(
+    tiny_encoder, tmp_path
+):
+    first, first_record = tiny_encoder
+    config = EncoderConfig(
+        steps=2,
+        batch_size=4,
+        hidden_size=32,
+        layers=2,
+        eval_examples=16,
+        warmup_steps=1,
+        grounding_examples=2,
+        relation_weight=1.0,
+        ranked_pairs=2,
+    )
+    out = tmp_path / "continued"
+    record = pretrain_encoder(config, out, log=None, init=first)
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["init"]["path"] == str(first) and info["init"]["record"]["config"]["steps"] == 3
+    assert info["examples_seen"] == 2 * (4 + 2 * 2 + 2)
+    assert set(record["held_out"]["ranked_accuracy"]) == set(RANKED_ERRORS)
+    for key in ("rank", "ground", "relation"):
+        assert np.isfinite(info["curve"][0][key])
+    model = build_reward_model(RewardModelConfig(category="spatial", pretrained_path=str(out)), seed=0)
+    assert torch.isfinite(model.eval().score(["a red circle above a square"], torch.rand(1, 3, 32, 32))).all()
+    with pytest.raises(ValueError, match="differ from the config"):
+        pretrain_encoder(EncoderConfig(steps=1, eval_examples=4), tmp_path / "wrong", log=None, init=first)

@@ -61,6 +61,31 @@ def main(argv: list[str] | None = None) -> int:
         help="relative weights of the hard-negative caption kinds (default: all alike)",
     )
 
+    enc.add_argument(
+        "--init", type=Path, help="continue pretraining this BLIP folder instead of starting from scratch"
+    )
+    enc.add_argument("--warmup-steps", type=int, default=enc_defaults.warmup_steps)
+    enc.add_argument(
+        "--grounding-examples",
+        type=int,
+        default=enc_defaults.grounding_examples,
+        help="correct scenes per step whose caption words must point at their objects' cells (0: off)",
+    )
+    enc.add_argument("--grounding-weight", type=float, default=enc_defaults.grounding_weight)
+    enc.add_argument(
+        "--relation-weight",
+        type=float,
+        default=enc_defaults.relation_weight,
+        help="weight of predicting the objects' offset / inside / touching from their fused tokens",
+    )
+    enc.add_argument(
+        "--ranked-pairs",
+        type=int,
+        default=enc_defaults.ranked_pairs,
+        help="(correct, one binding or relation error) render pairs per step under a ranking loss (0: off)",
+    )
+    enc.add_argument("--rank-weight", type=float, default=enc_defaults.rank_weight)
+
     sample = commands.add_parser("sample", help="write a PNG grid of samples for prompts")
     sample.add_argument("prompts", nargs="+")
     sample.add_argument("--model", type=Path, default=PRETRAINED_DIR)
@@ -101,13 +126,19 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             threads=args.threads,
             eval_examples=args.eval_examples,
+            warmup_steps=args.warmup_steps,
+            grounding_examples=args.grounding_examples,
+            grounding_weight=args.grounding_weight,
+            relation_weight=args.relation_weight,
+            ranked_pairs=args.ranked_pairs,
+            rank_weight=args.rank_weight,
             caption_negative_share=args.caption_negative_share,
             negative_kind_weights=(
                 None if args.negative_kind_weights is None else tuple(args.negative_kind_weights)
             ),
         )
         command = "python -m training.ml.world " + " ".join(shlex.quote(a) for a in argv)
-        record = pretrain_encoder(encoder_config, out=args.out, command=command)
+        record = pretrain_encoder(encoder_config, out=args.out, command=command, init=args.init)
         print(f"saved to {args.out} after {record['wall_seconds']}s; held-out {record['held_out']}")
         return 0
 

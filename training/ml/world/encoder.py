@@ -39,7 +39,7 @@ from torch import nn
 
 from .degrade import DegradeConfig, degrade_array
 from .errors import ERRORS_FOR, OPPOSITE, _other, planned_scene
-from .facts import truth_score
+from .facts import is_inside, mask_distance, match_objects, scene_objects, truth_score
 from .grammar import PromptSpec, all_prompt_specs, is_held_out
 from .layout import LayoutError
 from .scene import render_scene_array
@@ -79,6 +79,19 @@ class EncoderConfig:
     # recipe). Swaps and reversals are the only kinds a bag of words cannot tell from the true caption.
     negative_kind_weights: tuple[float, float, float, float] | None = None
     dense_weight: float = 1.0
+    # Grounding (0: off): per step, this many correct scenes whose caption words must point, through their
+    # fused tokens, at the cells of the object they describe. Image-text matching and dense labels alone
+    # leave a bag of objects (swapped colours and reversed relations ranked at chance, BENCHMARKS #14);
+    # grounding is what binds an attribute word to the object that carries it.
+    grounding_examples: int = 0
+    grounding_weight: float = 1.0
+    # Relation term of the grounding examples: from the two objects' fused shape tokens, predict where the
+    # second lies relative to the first (offset) and whether one is inside or touching the other.
+    relation_weight: float = 0.0
+    # Ranked pairs per step (0: off): one caption, its correct render and a render with one binding or
+    # relation error; a pairwise loss on the ITM margin prefers the correct one.
+    ranked_pairs: int = 0
+    rank_weight: float = 1.0
     itc_weight: float = 0.5
     itc_temperature: float = 0.07
     grad_clip: float = 1.0
@@ -102,6 +115,12 @@ class EncoderConfig:
             raise ValueError("learning_rate, itc_temperature and grad_clip must be positive")
         if min(self.dense_weight, self.itc_weight, self.weight_decay, self.warmup_steps) < 0:
             raise ValueError("loss weights, weight decay and warm-up must be non-negative")
+        if min(self.grounding_examples, self.ranked_pairs) < 0:
+            raise ValueError("grounding_examples and ranked_pairs must be non-negative")
+        if min(self.grounding_weight, self.relation_weight, self.rank_weight) < 0:
+            raise ValueError("grounding_weight, relation_weight and rank_weight must be non-negative")
+        if self.relation_weight > 0 and self.grounding_examples == 0:
+            raise ValueError("relation_weight needs grounding_examples: the relation term reads their scenes")
         if self.negative_kind_weights is not None:
             weights = tuple(float(w) for w in self.negative_kind_weights)
             if len(weights) != 4 or min(weights) < 0 or sum(weights[1:]) <= 0:
@@ -273,6 +292,112 @@ def draw_batch(
     )
 
 
+# Errors that a bag of objects cannot see: the same objects and attributes, bound or placed differently.
+RANKED_ERRORS: tuple[str, ...] = ("swap_color", "swap_texture", "swap_size", "reverse", "random_layout")
+
+
+def error_pair(spec: PromptSpec, error: str, rng: np.random.Generator):
+    """(correct scene, scene with ``error``) for one caption, or None when the error changes no fact."""
+    try:
+        right = planned_scene(spec, rng)
+        wrong = planned_scene(spec, rng, [error])
+    except LayoutError:
+        return None
+    if truth_score(spec, right) != 1.0 or truth_score(spec, wrong) >= 1.0:
+        return None
+    return right, wrong
+
+
+def ranked_pair(
+    specs: dict[str, list[PromptSpec]], rng: np.random.Generator, image_size: int
+) -> tuple[str, list[np.ndarray], int]:
+    """(caption, [correct render, render with one of :data:`RANKED_ERRORS`] in random order, index of the
+    correct one), both in one drawn style."""
+    while True:
+        sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
+        kinds = [e for e in ERRORS_FOR[sub] if e in RANKED_ERRORS]
+        if not kinds:
+            continue
+        spec = specs[sub][int(rng.integers(len(specs[sub])))]
+        pair = error_pair(spec, kinds[int(rng.integers(len(kinds)))], rng)
+        if pair is None:
+            continue
+        style = STYLES[int(rng.integers(len(STYLES)))]
+        images = [render_style(render_scene_array(s, image_size)[0], style, rng) for s in pair]
+        if rng.random() < 0.5:
+            return spec.text, images, 0
+        return spec.text, images[::-1], 1
+
+
+def object_words(text: str, n_objects: int) -> list[list[int]]:
+    """Per caption object (in the caption's order), the word positions of its attributes and its shape."""
+    words = text.split()
+    attributes = set(COLORS) | set(TEXTURES) | set(SIZES)
+    groups: list[list[int]] = []
+    for index, word in enumerate(words):
+        if word in SHAPES:
+            group = [index]
+            back = index - 1
+            while back >= 0 and words[back] in attributes:
+                group.insert(0, back)
+                back -= 1
+            groups.append(group)
+    if len(groups) != n_objects:
+        raise ValueError(f"expected {n_objects} objects in {text!r}")
+    return groups
+
+
+@dataclass(frozen=True)
+class GroundingExample:
+    """A correct render, its caption, per caption object (token positions, normalised cell coverage), and
+    the relation targets: the second object's centre minus the first's (in canvases) and whether the first
+    is inside the second, the second inside the first, the two touch."""
+
+    image: np.ndarray
+    caption: str
+    objects: tuple[tuple[tuple[int, ...], np.ndarray], ...]
+    offset: tuple[float, float]
+    flags: tuple[float, float, float]
+
+
+def grounding_example(
+    specs: dict[str, list[PromptSpec]], rng: np.random.Generator, image_size: int, patch: int
+) -> GroundingExample:
+    while True:
+        sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
+        spec = specs[sub][int(rng.integers(len(specs[sub])))]
+        try:
+            scene = planned_scene(spec, rng)
+        except LayoutError:
+            continue
+        if truth_score(spec, scene) != 1.0:  # every object present with its attributes, nothing extra
+            continue
+        seen = scene_objects(scene)
+        matches = match_objects(spec, seen)
+        img, coverages = render_scene_array(scene, image_size)
+        grid = image_size // patch
+        objects = []
+        for words, match in zip(object_words(spec.text, len(spec.objects)), matches, strict=True):
+            cells = coverages[match].reshape(grid, patch, grid, patch).mean(axis=(1, 3)).flatten()
+            if cells.sum() <= 0:
+                break
+            # +1: the tokenizer's leading [ENC]; one word is one token in the world's vocabulary.
+            objects.append((tuple(w + 1 for w in words), cells / cells.sum()))
+        else:
+            first, second = (seen[m] for m in matches)
+            canvas = float(scene.canvas)
+            offset = (
+                (second.center[0] - first.center[0]) / canvas,
+                (second.center[1] - first.center[1]) / canvas,
+            )
+            touching = not (is_inside(first, second) or is_inside(second, first)) and (
+                mask_distance(first.mask, second.mask, 1) <= 1
+            )
+            flags = (float(is_inside(first, second)), float(is_inside(second, first)), float(touching))
+            style = STYLES[int(rng.integers(len(STYLES)))]
+            return GroundingExample(render_style(img, style, rng), spec.text, tuple(objects), offset, flags)
+
+
 # ----------------------------------------------------------------------------------------- model
 def build_tokenizer(folder: Path):
     from transformers import BertTokenizer
@@ -344,6 +469,56 @@ class DenseHead(nn.Module):
         return total / 3, correct.float().mean()
 
 
+class GroundingHead(nn.Module):
+    """Pretraining only: scores image cells for a fused caption token (query · key over the patch tokens),
+    and reads the two objects' relation from their fused shape tokens."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+        self.relation = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 5))
+
+    def loss(
+        self, image_embeds: torch.Tensor, fused: torch.Tensor, examples: list[GroundingExample]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(grounding loss, relation loss, stats): cross-entropy of each object word's cell distribution
+        against the object's coverage; squared offset error (in eighths of the canvas) + flag BCE."""
+        logits = self.query(fused) @ self.key(image_embeds[:, 1:, :]).transpose(1, 2)
+        logits = logits / image_embeds.shape[-1] ** 0.5  # [B, L, cells]
+        rows, positions, targets, shape_positions = [], [], [], []
+        for b, example in enumerate(examples):
+            for words, cells in example.objects:
+                for position in words:
+                    rows.append(b)
+                    positions.append(position)
+                    targets.append(cells)
+            shape_positions.append([words[-1] for words, _ in example.objects])
+        log_p = F.log_softmax(logits[torch.tensor(rows), torch.tensor(positions)], dim=-1)
+        target = torch.from_numpy(np.stack(targets)).float()
+        ground = -(target * log_p).sum(-1).mean()
+        hit = target.gather(1, log_p.argmax(-1, keepdim=True)).squeeze(1) > 0
+        index = torch.arange(len(examples))
+        pair = torch.tensor(shape_positions)
+        features = torch.cat([fused[index, pair[:, 0]], fused[index, pair[:, 1]]], dim=-1)
+        predicted = self.relation(features)
+        offset = torch.tensor([e.offset for e in examples], dtype=torch.float32)
+        flags = torch.tensor([e.flags for e in examples], dtype=torch.float32)
+        relation = F.mse_loss(
+            predicted[:, :2] * 0.125, offset
+        ) / 0.125**2 + F.binary_cross_entropy_with_logits(predicted[:, 2:], flags)
+        # Which way the second object lies on the larger axis, as the relation words would say it.
+        axis = offset.abs().argmax(-1, keepdim=True)
+        sides = (predicted[:, :2].gather(1, axis) > 0) == (offset.gather(1, axis) > 0)
+        stats = {
+            "ground": float(ground.detach()),
+            "ground_hit": float(hit.float().mean()),
+            "relation": float(relation.detach()),
+            "relation_side": float(sides.float().mean()),
+        }
+        return ground, relation, stats
+
+
 def _pixel_values(images: torch.Tensor, image_size: int) -> torch.Tensor:
     from training.ml.preprocess import PreprocessConfig, preprocess_images
 
@@ -412,6 +587,73 @@ def losses(
     return total, stats
 
 
+def ranked_loss(blip, tokenizer, pairs, config: EncoderConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """−log σ(margin(correct) − margin(wrong)) over :func:`ranked_pair` pairs, where margin is the ITM
+    logit difference; and the share of pairs ordered right."""
+    captions = [caption for caption, _, _ in pairs for _ in range(2)]
+    images = torch.from_numpy(np.stack([image for _, both, _ in pairs for image in both]))
+    _, logits = _match(blip, tokenizer, images.permute(0, 3, 1, 2).float(), captions, config)
+    margin = (logits[:, 1] - logits[:, 0]).view(-1, 2)
+    better = torch.tensor([b for _, _, b in pairs])[:, None]
+    diff = (margin.gather(1, better) - margin.gather(1, 1 - better)).squeeze(1)
+    return -F.logsigmoid(diff).mean(), (diff > 0).float().mean()
+
+
+def composition_losses(
+    blip,
+    grounding: GroundingHead,
+    tokenizer,
+    specs: dict[str, list[PromptSpec]],
+    rng: np.random.Generator,
+    config: EncoderConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The ranked-pair and grounding (+ relation) terms of one step; zero when both are off."""
+    total, stats = torch.zeros(()), {}
+    if config.ranked_pairs:
+        pairs = [ranked_pair(specs, rng, config.image_size) for _ in range(config.ranked_pairs)]
+        rank, rank_acc = ranked_loss(blip, tokenizer, pairs, config)
+        total = total + config.rank_weight * rank
+        stats.update(rank=float(rank.detach()), rank_acc=float(rank_acc))
+    if config.grounding_examples:
+        examples = [
+            grounding_example(specs, rng, config.image_size, config.patch_size)
+            for _ in range(config.grounding_examples)
+        ]
+        images = torch.from_numpy(np.stack([e.image for e in examples])).permute(0, 3, 1, 2).float()
+        image_embeds, fused = _fuse(blip, tokenizer, images, [e.caption for e in examples], config)
+        ground, relation, ground_stats = grounding.loss(image_embeds, fused, examples)
+        total = total + config.grounding_weight * ground + config.relation_weight * relation
+        stats.update(ground_stats)
+    return total, stats
+
+
+@torch.no_grad()
+def ranked_accuracy(blip, tokenizer, config: EncoderConfig, seed: int, per_kind: int) -> dict[str, float]:
+    """Held-out captions: the share of (correct render, render with one error) pairs whose ITM margin
+    orders them right, per kind of :data:`RANKED_ERRORS` (styles drawn at random)."""
+    specs = encoder_prompt_specs(held_out=True)
+    rng = np.random.default_rng(seed)
+    report = {}
+    for kind in RANKED_ERRORS:
+        subs = [sub for sub in SUBCATEGORIES if kind in ERRORS_FOR[sub]]
+        pairs: list[tuple[str, list[np.ndarray], int]] = []
+        while len(pairs) < per_kind:
+            sub = subs[int(rng.integers(len(subs)))]
+            spec = specs[sub][int(rng.integers(len(specs[sub])))]
+            pair = error_pair(spec, kind, rng)
+            if pair is None:
+                continue
+            style = STYLES[int(rng.integers(len(STYLES)))]
+            images = [render_style(render_scene_array(s, config.image_size)[0], style, rng) for s in pair]
+            pairs.append((spec.text, images, 0))
+        right = sum(
+            float(ranked_loss(blip, tokenizer, pairs[i : i + 64], config)[1]) * len(pairs[i : i + 64])
+            for i in range(0, per_kind, 64)
+        )
+        report[kind] = round(right / per_kind, 4)
+    return report
+
+
 @torch.no_grad()
 def evaluate(blip, dense: DenseHead, tokenizer, config: EncoderConfig, seed: int) -> dict[str, Any]:
     """ITM accuracy and balanced accuracy per style on held-out prompts, and per-cell accuracy."""
@@ -431,7 +673,6 @@ def evaluate(blip, dense: DenseHead, tokenizer, config: EncoderConfig, seed: int
             per_style[style].append((p, m))
         cell_accs.append(float(dense.loss(image_embeds[:, 1:, :], labels)[1]) * size)
         remaining -= size
-    blip.train()
     report: dict[str, Any] = {"examples": config.eval_examples, "styles": {}}
     every = [pm for rows in per_style.values() for pm in rows]
     for style, rows in [*per_style.items(), ("all", every)]:
@@ -452,6 +693,10 @@ def evaluate(blip, dense: DenseHead, tokenizer, config: EncoderConfig, seed: int
         else:
             report["styles"][style] = entry
     report["cell_accuracy"] = round(sum(cell_accs) / config.eval_examples, 4)
+    report["ranked_accuracy"] = ranked_accuracy(
+        blip, tokenizer, config, seed + 1, per_kind=max(4, config.eval_examples // 20)
+    )
+    blip.train()
     return report
 
 
@@ -462,13 +707,32 @@ def _lr(step: int, config: EncoderConfig) -> float:
     return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def _continued_blip(init: Path, config: EncoderConfig):
+    """The BLIP of folder ``init`` to train on, and its training record; refuses an architecture or a
+    vocabulary other than ``config``'s."""
+    from transformers import BlipForImageTextRetrieval
+
+    vision = json.loads((init / "config.json").read_text())["vision_config"]
+    found = (vision["hidden_size"], vision["num_hidden_layers"], vision["patch_size"], vision["image_size"])
+    wanted = (config.hidden_size, config.layers, config.patch_size, config.image_size)
+    if found != wanted:
+        raise ValueError(f"{init}: hidden, layers, patch, image {found} differ from the config's {wanted}")
+    if (init / "vocab.txt").read_text().split() != vocabulary():
+        raise ValueError(f"{init}: its vocabulary is not the world's")
+    info = init / "train_info.json"
+    record = json.loads(info.read_text()) if info.is_file() else None
+    return BlipForImageTextRetrieval.from_pretrained(str(init), local_files_only=True), record
+
+
 def pretrain_encoder(
     config: EncoderConfig,
     out: str | Path,
     log: Callable[[str], None] | None = print,
     command: str | None = None,
+    init: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train from scratch and save a local HuggingFace BLIP folder at ``out``; returns the training record."""
+    """Train from scratch (or continue the BLIP folder ``init``) and save a local HuggingFace BLIP folder at
+    ``out``; returns the training record, which nests ``init``'s record so every stage stays on file."""
     from training.ml.preprocess import BLIP_MEAN, BLIP_STD
 
     out = Path(out)
@@ -477,11 +741,16 @@ def pretrain_encoder(
     torch.use_deterministic_algorithms(True)
     try:
         torch.manual_seed(config.seed)
+        init_record = None
+        if init is not None:
+            blip, init_record = _continued_blip(Path(init), config)
         tokenizer = build_tokenizer(out)
-        blip = build_blip(config, len(tokenizer))
+        if init is None:
+            blip = build_blip(config, len(tokenizer))
         dense = DenseHead(config.hidden_size)
+        grounding = GroundingHead(config.hidden_size)
         blip.train()
-        parameters = [p for p in blip.parameters()] + list(dense.parameters())
+        parameters = [p for p in blip.parameters()] + list(dense.parameters()) + list(grounding.parameters())
         optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
         specs = encoder_prompt_specs(held_out=False)
         rng = np.random.default_rng(config.seed)
@@ -493,6 +762,9 @@ def pretrain_encoder(
                 group["lr"] = _lr(step, config)
             batch = draw_batch(specs, rng, config, config.batch_size)
             loss, stats = losses(blip, dense, tokenizer, batch, config)
+            extra, extra_stats = composition_losses(blip, grounding, tokenizer, specs, rng, config)
+            loss = loss + extra
+            stats.update(extra_stats)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
@@ -509,9 +781,11 @@ def pretrain_encoder(
         record = {
             "command": command,
             "config": asdict(config),
+            "init": None if init is None else {"path": str(init), "record": init_record},
             "wall_seconds": round(train_seconds, 1),
             "cpu_seconds": round(time.process_time() - cpu_start, 1),
-            "examples_seen": config.steps * config.batch_size,
+            "examples_seen": config.steps
+            * (config.batch_size + 2 * config.ranked_pairs + config.grounding_examples),
             "parameters": sum(p.numel() for p in blip.parameters()),
             "curve": [
                 {
