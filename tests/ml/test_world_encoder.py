@@ -285,9 +285,9 @@ _RELATION_PROMPTS = {
 
 
 def test_the_grounding_loss_is_each_words_cross_entropy_over_cells_and_the_relation_loss_is_hand_checkable():
-    head = GroundingHead(hidden=2)
+    head = GroundingHead(hidden=2, cells=2)
     with torch.no_grad():
-        for linear in (head.query, head.key):
+        for linear in (head.query, head.key, head.where):
             linear.weight.copy_(torch.eye(2))
             linear.bias.zero_()
     # [CLS] then two cells; tokens: [ENC], a word pointing at cell 0, a word pointing at cell 1.
@@ -303,19 +303,27 @@ def test_the_grounding_loss_is_each_words_cross_entropy_over_cells_and_the_relat
     with torch.no_grad():  # a constant prediction: the offset in eighths of the canvas, flag logits 0
         head.relation[-1].weight.zero_()
         head.relation[-1].bias.copy_(torch.tensor([2.0, -4.0, 0.0, 0.0, 0.0]))
-    ground, relation, stats = head.loss(image_embeds, fused, [example])
-    # Logits are q·k / sqrt(2): word 1 sees (2, 0)/1.414, word 2 (0, 2)/1.414.
+    terms, stats = head.loss(image_embeds, fused, [example])
+
+    def cross_entropy(logits: tuple[float, float], target: tuple[float, float]) -> float:
+        log_z = np.log(np.exp(logits[0]) + np.exp(logits[1]))
+        return -sum(t * (x - log_z) for t, x in zip(target, logits, strict=True))
+
+    # Grounding logits are q·k / sqrt(2): word 1 sees (2, 0) / 1.414, word 2 sees (0, 2) / 1.414.
     a = 2 / 2**0.5
-    ce_first = -(a - np.log(np.exp(a) + 1))
-    ce_second = -(0.5 * (0 - np.log(1 + np.exp(a))) + 0.5 * (a - np.log(1 + np.exp(a))))
-    assert ground.item() == pytest.approx((ce_first + ce_second) / 2, rel=1e-5)
-    assert relation.item() == pytest.approx(np.log(2), rel=1e-5)  # exact offset; three flags at logit 0
-    assert stats["ground_hit"] == 1.0 and stats["relation_side"] == 1.0
+    ground = (cross_entropy((a, 0), (1, 0)) + cross_entropy((0, a), (0.5, 0.5))) / 2
+    assert terms["ground"].item() == pytest.approx(ground, rel=1e-5)
+    # The location logits are the tokens themselves (identity map to the two cells): (2, 0) and (0, 2).
+    location = (cross_entropy((2, 0), (1, 0)) + cross_entropy((0, 2), (0.5, 0.5))) / 2
+    assert terms["location"].item() == pytest.approx(location, rel=1e-5)
+    assert terms["relation"].item() == pytest.approx(np.log(2), rel=1e-5)  # exact offset; flags at logit 0
+    assert stats["ground_hit"] == stats["location_hit"] == stats["relation_side"] == 1.0
 
 
 def test_relation_weight_needs_grounding_examples_and_weights_are_non_negative():
-    with pytest.raises(ValueError, match="relation_weight needs grounding_examples"):
-        EncoderConfig(relation_weight=1.0)
+    for weight in ("relation_weight", "location_weight"):
+        with pytest.raises(ValueError, match="need grounding_examples"):
+            EncoderConfig(**{weight: 1.0})
     with pytest.raises(ValueError, match="non-negative"):
         EncoderConfig(ranked_pairs=-1)
 
@@ -333,6 +341,7 @@ def test_continued_pretraining_with_grounding_and_ranked_pairs_keeps_the_first_s
         warmup_steps=1,
         grounding_examples=2,
         relation_weight=1.0,
+        location_weight=1.0,
         ranked_pairs=2,
     )
     out = tmp_path / "continued"
@@ -341,7 +350,7 @@ def test_continued_pretraining_with_grounding_and_ranked_pairs_keeps_the_first_s
     assert info["init"]["path"] == str(first) and info["init"]["record"]["config"]["steps"] == 3
     assert info["examples_seen"] == 2 * (4 + 2 * 2 + 2)
     assert set(record["held_out"]["ranked_accuracy"]) == set(RANKED_ERRORS)
-    for key in ("rank", "ground", "relation"):
+    for key in ("rank", "ground", "location", "relation"):
         assert np.isfinite(info["curve"][0][key])
     model = build_reward_model(RewardModelConfig(category="spatial", pretrained_path=str(out)), seed=0)
     assert torch.isfinite(model.eval().score(["a red circle above a square"], torch.rand(1, 3, 32, 32))).all()

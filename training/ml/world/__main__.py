@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         default=enc_defaults.ranked_pairs,
         help="(correct, one binding or relation error) render pairs per step under a ranking loss (0: off)",
     )
+    enc.add_argument(
+        "--location-weight",
+        type=float,
+        default=enc_defaults.location_weight,
+        help="weight of predicting each object word's cells from its fused token alone",
+    )
     enc.add_argument("--rank-weight", type=float, default=enc_defaults.rank_weight)
 
     sample = commands.add_parser("sample", help="write a PNG grid of samples for prompts")
@@ -130,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             grounding_examples=args.grounding_examples,
             grounding_weight=args.grounding_weight,
             relation_weight=args.relation_weight,
+            location_weight=args.location_weight,
             ranked_pairs=args.ranked_pairs,
             rank_weight=args.rank_weight,
             caption_negative_share=args.caption_negative_share,

@@ -88,6 +88,8 @@ class EncoderConfig:
     # Relation term of the grounding examples: from the two objects' fused shape tokens, predict where the
     # second lies relative to the first (offset) and whether one is inside or touching the other.
     relation_weight: float = 0.0
+    # Location term: each object word's fused token alone must say which cells its object covers.
+    location_weight: float = 0.0
     # Ranked pairs per step (0: off): one caption, its correct render and a render with one binding or
     # relation error; a pairwise loss on the ITM margin prefers the correct one.
     ranked_pairs: int = 0
@@ -117,10 +119,12 @@ class EncoderConfig:
             raise ValueError("loss weights, weight decay and warm-up must be non-negative")
         if min(self.grounding_examples, self.ranked_pairs) < 0:
             raise ValueError("grounding_examples and ranked_pairs must be non-negative")
-        if min(self.grounding_weight, self.relation_weight, self.rank_weight) < 0:
-            raise ValueError("grounding_weight, relation_weight and rank_weight must be non-negative")
-        if self.relation_weight > 0 and self.grounding_examples == 0:
-            raise ValueError("relation_weight needs grounding_examples: the relation term reads their scenes")
+        if min(self.grounding_weight, self.relation_weight, self.location_weight, self.rank_weight) < 0:
+            raise ValueError("grounding, relation, location and rank weights must be non-negative")
+        if (self.relation_weight > 0 or self.location_weight > 0) and self.grounding_examples == 0:
+            raise ValueError(
+                "relation_weight and location_weight need grounding_examples: their terms read those scenes"
+            )
         if self.negative_kind_weights is not None:
             weights = tuple(float(w) for w in self.negative_kind_weights)
             if len(weights) != 4 or min(weights) < 0 or sum(weights[1:]) <= 0:
@@ -470,20 +474,27 @@ class DenseHead(nn.Module):
 
 
 class GroundingHead(nn.Module):
-    """Pretraining only: scores image cells for a fused caption token (query · key over the patch tokens),
-    and reads the two objects' relation from their fused shape tokens."""
+    """Pretraining only. Three readings of a caption object's fused tokens:
+    - *grounding*: which image cells it is (query · key over the patch tokens: a content match, so it binds
+      words to objects but need not know where they are);
+    - *location*: which cells it covers, from the token alone (a fixed linear map to the cells, so the
+      token itself must carry the object's position);
+    - *relation*: from the two objects' fused shape tokens, the second's offset from the first and whether
+      one is inside or touching the other."""
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, cells: int) -> None:
         super().__init__()
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
+        self.where = nn.Linear(hidden, cells)
         self.relation = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 5))
 
     def loss(
         self, image_embeds: torch.Tensor, fused: torch.Tensor, examples: list[GroundingExample]
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-        """(grounding loss, relation loss, stats): cross-entropy of each object word's cell distribution
-        against the object's coverage; squared offset error (in eighths of the canvas) + flag BCE."""
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Losses {"ground", "location", "relation"} and stats: cross-entropy of each object word's cell
+        distribution against the object's coverage (through the image keys, then from the token alone);
+        squared offset error (in eighths of the canvas) + BCE of the three flags."""
         logits = self.query(fused) @ self.key(image_embeds[:, 1:, :]).transpose(1, 2)
         logits = logits / image_embeds.shape[-1] ** 0.5  # [B, L, cells]
         rows, positions, targets, shape_positions = [], [], [], []
@@ -498,6 +509,9 @@ class GroundingHead(nn.Module):
         target = torch.from_numpy(np.stack(targets)).float()
         ground = -(target * log_p).sum(-1).mean()
         hit = target.gather(1, log_p.argmax(-1, keepdim=True)).squeeze(1) > 0
+        where = F.log_softmax(self.where(fused[torch.tensor(rows), torch.tensor(positions)]), dim=-1)
+        location = -(target * where).sum(-1).mean()
+        located = target.gather(1, where.argmax(-1, keepdim=True)).squeeze(1) > 0
         index = torch.arange(len(examples))
         pair = torch.tensor(shape_positions)
         features = torch.cat([fused[index, pair[:, 0]], fused[index, pair[:, 1]]], dim=-1)
@@ -513,10 +527,12 @@ class GroundingHead(nn.Module):
         stats = {
             "ground": float(ground.detach()),
             "ground_hit": float(hit.float().mean()),
+            "location": float(location.detach()),
+            "location_hit": float(located.float().mean()),
             "relation": float(relation.detach()),
             "relation_side": float(sides.float().mean()),
         }
-        return ground, relation, stats
+        return {"ground": ground, "location": location, "relation": relation}, stats
 
 
 def _pixel_values(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -621,8 +637,13 @@ def composition_losses(
         ]
         images = torch.from_numpy(np.stack([e.image for e in examples])).permute(0, 3, 1, 2).float()
         image_embeds, fused = _fuse(blip, tokenizer, images, [e.caption for e in examples], config)
-        ground, relation, ground_stats = grounding.loss(image_embeds, fused, examples)
-        total = total + config.grounding_weight * ground + config.relation_weight * relation
+        terms, ground_stats = grounding.loss(image_embeds, fused, examples)
+        total = (
+            total
+            + config.grounding_weight * terms["ground"]
+            + config.location_weight * terms["location"]
+            + config.relation_weight * terms["relation"]
+        )
         stats.update(ground_stats)
     return total, stats
 
@@ -748,7 +769,7 @@ def pretrain_encoder(
         if init is None:
             blip = build_blip(config, len(tokenizer))
         dense = DenseHead(config.hidden_size)
-        grounding = GroundingHead(config.hidden_size)
+        grounding = GroundingHead(config.hidden_size, (config.image_size // config.patch_size) ** 2)
         blip.train()
         parameters = [p for p in blip.parameters()] + list(dense.parameters()) + list(grounding.parameters())
         optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
