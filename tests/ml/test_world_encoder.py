@@ -284,44 +284,49 @@ _RELATION_PROMPTS = {
 }
 
 
-def test_the_grounding_loss_is_each_words_cross_entropy_over_cells_and_the_relation_loss_is_hand_checkable():
-    head = GroundingHead(hidden=2, cells=2)
+def test_the_grounding_location_relation_and_position_losses_are_hand_checkable():
+    head = GroundingHead(hidden=2, cells=4)
+    two_of_four = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
     with torch.no_grad():
-        for linear in (head.query, head.key, head.where):
+        for linear in (head.query, head.key):
             linear.weight.copy_(torch.eye(2))
             linear.bias.zero_()
-    # [CLS] then two cells; tokens: [ENC], a word pointing at cell 0, a word pointing at cell 1.
-    image_embeds = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]])
+        head.where.weight.copy_(two_of_four)  # cell k's logit is the token's k-th value (0 for cells 2, 3)
+        head.where.bias.zero_()
+        head.position.weight.zero_()  # every patch token says "the centre"
+        head.position.bias.zero_()
+        head.relation[-1].weight.zero_()  # a constant: the exact offset in eighths, flag logits 0
+        head.relation[-1].bias.copy_(torch.tensor([2.0, -4.0, 0.0, 0.0, 0.0]))
+    # [CLS] then a 2 x 2 grid of cells; tokens: [ENC], a word for cell 0, a word for cells 0 and 1.
+    image_embeds = torch.cat([torch.zeros(1, 1, 2), two_of_four[None]], dim=1)
     fused = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]]])
     example = GroundingExample(
         image=np.zeros((32, 32, 3)),
         caption="circle square",
-        objects=(((1,), np.array([1.0, 0.0])), ((2,), np.array([0.5, 0.5]))),
+        objects=(((1,), np.array([1.0, 0, 0, 0])), ((2,), np.array([0.5, 0.5, 0, 0]))),
         offset=(0.25, -0.5),
         flags=(0.0, 1.0, 0.0),
     )
-    with torch.no_grad():  # a constant prediction: the offset in eighths of the canvas, flag logits 0
-        head.relation[-1].weight.zero_()
-        head.relation[-1].bias.copy_(torch.tensor([2.0, -4.0, 0.0, 0.0, 0.0]))
     terms, stats = head.loss(image_embeds, fused, [example])
 
-    def cross_entropy(logits: tuple[float, float], target: tuple[float, float]) -> float:
-        log_z = np.log(np.exp(logits[0]) + np.exp(logits[1]))
+    def cross_entropy(logits: tuple[float, ...], target: tuple[float, ...]) -> float:
+        log_z = np.log(np.sum(np.exp(logits)))
         return -sum(t * (x - log_z) for t, x in zip(target, logits, strict=True))
 
-    # Grounding logits are q·k / sqrt(2): word 1 sees (2, 0) / 1.414, word 2 sees (0, 2) / 1.414.
+    # Grounding logits are q·k / sqrt(2): word 1 sees (a, 0, 0, 0), word 2 sees (0, a, 0, 0).
     a = 2 / 2**0.5
-    ground = (cross_entropy((a, 0), (1, 0)) + cross_entropy((0, a), (0.5, 0.5))) / 2
+    ground = (cross_entropy((a, 0, 0, 0), (1, 0, 0, 0)) + cross_entropy((0, a, 0, 0), (0.5, 0.5, 0, 0))) / 2
     assert terms["ground"].item() == pytest.approx(ground, rel=1e-5)
-    # The location logits are the tokens themselves (identity map to the two cells): (2, 0) and (0, 2).
-    location = (cross_entropy((2, 0), (1, 0)) + cross_entropy((0, 2), (0.5, 0.5))) / 2
+    location = (cross_entropy((2, 0, 0, 0), (1, 0, 0, 0)) + cross_entropy((0, 2, 0, 0), (0.5, 0.5, 0, 0))) / 2
     assert terms["location"].item() == pytest.approx(location, rel=1e-5)
-    assert terms["relation"].item() == pytest.approx(np.log(2), rel=1e-5)  # exact offset; flags at logit 0
+    assert terms["relation"].item() == pytest.approx(np.log(2), rel=1e-5)  # three flag logits at 0
+    # Cell centres are at ±0.5 on both axes; saying 0 is half a cell off on each: (0.5 * 2 / 2)^2.
+    assert terms["position"].item() == pytest.approx(0.25, rel=1e-5)
     assert stats["ground_hit"] == stats["location_hit"] == stats["relation_side"] == 1.0
 
 
 def test_relation_weight_needs_grounding_examples_and_weights_are_non_negative():
-    for weight in ("relation_weight", "location_weight"):
+    for weight in ("relation_weight", "location_weight", "position_weight"):
         with pytest.raises(ValueError, match="need grounding_examples"):
             EncoderConfig(**{weight: 1.0})
     with pytest.raises(ValueError, match="non-negative"):
@@ -342,6 +347,7 @@ def test_continued_pretraining_with_grounding_and_ranked_pairs_keeps_the_first_s
         grounding_examples=2,
         relation_weight=1.0,
         location_weight=1.0,
+        position_weight=1.0,
         ranked_pairs=2,
     )
     out = tmp_path / "continued"
@@ -350,7 +356,7 @@ def test_continued_pretraining_with_grounding_and_ranked_pairs_keeps_the_first_s
     assert info["init"]["path"] == str(first) and info["init"]["record"]["config"]["steps"] == 3
     assert info["examples_seen"] == 2 * (4 + 2 * 2 + 2)
     assert set(record["held_out"]["ranked_accuracy"]) == set(RANKED_ERRORS)
-    for key in ("rank", "ground", "location", "relation"):
+    for key in ("rank", "ground", "location", "relation", "position"):
         assert np.isfinite(info["curve"][0][key])
     model = build_reward_model(RewardModelConfig(category="spatial", pretrained_path=str(out)), seed=0)
     assert torch.isfinite(model.eval().score(["a red circle above a square"], torch.rand(1, 3, 32, 32))).all()

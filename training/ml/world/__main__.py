@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         default=enc_defaults.location_weight,
         help="weight of predicting each object word's cells from its fused token alone",
     )
+    enc.add_argument(
+        "--position-weight",
+        type=float,
+        default=enc_defaults.position_weight,
+        help="weight of each patch token saying where its cell is (keeps position in the image tokens)",
+    )
     enc.add_argument("--rank-weight", type=float, default=enc_defaults.rank_weight)
 
     sample = commands.add_parser("sample", help="write a PNG grid of samples for prompts")
@@ -137,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             grounding_weight=args.grounding_weight,
             relation_weight=args.relation_weight,
             location_weight=args.location_weight,
+            position_weight=args.position_weight,
             ranked_pairs=args.ranked_pairs,
             rank_weight=args.rank_weight,
             caption_negative_share=args.caption_negative_share,

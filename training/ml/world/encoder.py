@@ -90,6 +90,10 @@ class EncoderConfig:
     relation_weight: float = 0.0
     # Location term: each object word's fused token alone must say which cells its object covers.
     location_weight: float = 0.0
+    # Position term: each patch token of the grounding images must say where its cell is. The dense labels
+    # ask patch tokens only what is drawn, so the last layer can drop the position embedding, and then no
+    # caption token can learn where an object is from them.
+    position_weight: float = 0.0
     # Ranked pairs per step (0: off): one caption, its correct render and a render with one binding or
     # relation error; a pairwise loss on the ITM margin prefers the correct one.
     ranked_pairs: int = 0
@@ -119,11 +123,13 @@ class EncoderConfig:
             raise ValueError("loss weights, weight decay and warm-up must be non-negative")
         if min(self.grounding_examples, self.ranked_pairs) < 0:
             raise ValueError("grounding_examples and ranked_pairs must be non-negative")
-        if min(self.grounding_weight, self.relation_weight, self.location_weight, self.rank_weight) < 0:
-            raise ValueError("grounding, relation, location and rank weights must be non-negative")
-        if (self.relation_weight > 0 or self.location_weight > 0) and self.grounding_examples == 0:
+        weights = (self.grounding_weight, self.relation_weight, self.location_weight, self.position_weight)
+        if min(*weights, self.rank_weight) < 0:
+            raise ValueError("grounding, relation, location, position and rank weights must be non-negative")
+        if max(weights[1:]) > 0 and self.grounding_examples == 0:
             raise ValueError(
-                "relation_weight and location_weight need grounding_examples: their terms read those scenes"
+                "relation_weight, location_weight and position_weight need grounding_examples: "
+                "their terms read those scenes"
             )
         if self.negative_kind_weights is not None:
             weights = tuple(float(w) for w in self.negative_kind_weights)
@@ -480,21 +486,24 @@ class GroundingHead(nn.Module):
     - *location*: which cells it covers, from the token alone (a fixed linear map to the cells, so the
       token itself must carry the object's position);
     - *relation*: from the two objects' fused shape tokens, the second's offset from the first and whether
-      one is inside or touching the other."""
+      one is inside or touching the other;
+    - *position*: from each patch token alone, where its cell is (x, y in [-1, 1])."""
 
     def __init__(self, hidden: int, cells: int) -> None:
         super().__init__()
         self.query = nn.Linear(hidden, hidden)
         self.key = nn.Linear(hidden, hidden)
         self.where = nn.Linear(hidden, cells)
+        self.position = nn.Linear(hidden, 2)
         self.relation = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 5))
 
     def loss(
         self, image_embeds: torch.Tensor, fused: torch.Tensor, examples: list[GroundingExample]
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """Losses {"ground", "location", "relation"} and stats: cross-entropy of each object word's cell
-        distribution against the object's coverage (through the image keys, then from the token alone);
-        squared offset error (in eighths of the canvas) + BCE of the three flags."""
+        """Losses {"ground", "location", "relation", "position"} and stats: cross-entropy of each object
+        word's cell distribution against the object's coverage (through the image keys, then from the token
+        alone); squared offset error (in eighths of the canvas) + BCE of the three flags; squared error of
+        each patch token's cell position (in cells)."""
         logits = self.query(fused) @ self.key(image_embeds[:, 1:, :]).transpose(1, 2)
         logits = logits / image_embeds.shape[-1] ** 0.5  # [B, L, cells]
         rows, positions, targets, shape_positions = [], [], [], []
@@ -532,7 +541,18 @@ class GroundingHead(nn.Module):
             "relation": float(relation.detach()),
             "relation_side": float(sides.float().mean()),
         }
-        return {"ground": ground, "location": location, "relation": relation}, stats
+        patches = image_embeds[:, 1:, :]
+        grid = int(round(patches.shape[1] ** 0.5))
+        if grid * grid != patches.shape[1]:
+            raise ValueError(f"{patches.shape[1]} patch tokens are not a square grid")
+        centres = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid * 2 - 1
+        ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+        where_cells = torch.stack([xs.flatten(), ys.flatten()], dim=-1)  # row-major, as the patch tokens
+        position = (
+            F.mse_loss(self.position(patches), where_cells.expand_as(patches[..., :2])) * (grid / 2) ** 2
+        )
+        stats["position"] = float(position.detach())
+        return {"ground": ground, "location": location, "relation": relation, "position": position}, stats
 
 
 def _pixel_values(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -643,6 +663,7 @@ def composition_losses(
             + config.grounding_weight * terms["ground"]
             + config.location_weight * terms["location"]
             + config.relation_weight * terms["relation"]
+            + config.position_weight * terms["position"]
         )
         stats.update(ground_stats)
     return total, stats
