@@ -307,7 +307,17 @@ def test_the_grounding_location_relation_and_position_losses_are_hand_checkable(
         offset=(0.25, -0.5),
         flags=(0.0, 1.0, 0.0),
     )
-    terms, stats = head.loss(image_embeds, fused, [example])
+    # One text layer, two heads: for word 1 the heads look at cell 0 and at cells 1-2, for word 2 at
+    # [CLS] and cell 0, and at cells 0-1.
+    cross = torch.zeros(1, 2, 3, 5)
+    cross[0, 0, 1] = torch.tensor([0, 1.0, 0, 0, 0])
+    cross[0, 1, 1] = torch.tensor([0, 0, 0.5, 0.5, 0])
+    cross[0, 0, 2] = torch.tensor([0.4, 0.6, 0, 0, 0])
+    cross[0, 1, 2] = torch.tensor([0, 0.2, 0.8, 0, 0])
+    terms, stats = head.loss(image_embeds, fused, [example], (cross,))
+    # Heads averaged: word 1 puts 0.5 on its cell; word 2 puts 0.4 and 0.4 on its two cells.
+    assert terms["attention"].item() == pytest.approx((-np.log(0.5) - np.log(0.4)) / 2, rel=1e-5)
+    assert stats["attention_hit"] == 1.0
 
     def cross_entropy(logits: tuple[float, ...], target: tuple[float, ...]) -> float:
         log_z = np.log(np.sum(np.exp(logits)))
@@ -326,7 +336,7 @@ def test_the_grounding_location_relation_and_position_losses_are_hand_checkable(
 
 
 def test_relation_weight_needs_grounding_examples_and_weights_are_non_negative():
-    for weight in ("relation_weight", "location_weight", "position_weight"):
+    for weight in ("relation_weight", "location_weight", "position_weight", "attention_weight"):
         with pytest.raises(ValueError, match="need grounding_examples"):
             EncoderConfig(**{weight: 1.0})
     with pytest.raises(ValueError, match="non-negative"):
@@ -348,6 +358,7 @@ def test_continued_pretraining_with_grounding_and_ranked_pairs_keeps_the_first_s
         relation_weight=1.0,
         location_weight=1.0,
         position_weight=1.0,
+        attention_weight=1.0,
         ranked_pairs=2,
     )
     out = tmp_path / "continued"
@@ -356,7 +367,7 @@ def test_continued_pretraining_with_grounding_and_ranked_pairs_keeps_the_first_s
     assert info["init"]["path"] == str(first) and info["init"]["record"]["config"]["steps"] == 3
     assert info["examples_seen"] == 2 * (4 + 2 * 2 + 2)
     assert set(record["held_out"]["ranked_accuracy"]) == set(RANKED_ERRORS)
-    for key in ("rank", "ground", "location", "relation", "position"):
+    for key in ("rank", "ground", "location", "relation", "position", "attention"):
         assert np.isfinite(info["curve"][0][key])
     model = build_reward_model(RewardModelConfig(category="spatial", pretrained_path=str(out)), seed=0)
     assert torch.isfinite(model.eval().score(["a red circle above a square"], torch.rand(1, 3, 32, 32))).all()

@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
         default=enc_defaults.position_weight,
         help="weight of each patch token saying where its cell is (keeps position in the image tokens)",
     )
+    enc.add_argument(
+        "--attention-weight",
+        type=float,
+        default=enc_defaults.attention_weight,
+        help="weight of each object word's cross-attention falling on its object's cells",
+    )
     enc.add_argument("--rank-weight", type=float, default=enc_defaults.rank_weight)
 
     sample = commands.add_parser("sample", help="write a PNG grid of samples for prompts")
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             relation_weight=args.relation_weight,
             location_weight=args.location_weight,
             position_weight=args.position_weight,
+            attention_weight=args.attention_weight,
             ranked_pairs=args.ranked_pairs,
             rank_weight=args.rank_weight,
             caption_negative_share=args.caption_negative_share,

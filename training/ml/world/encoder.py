@@ -94,6 +94,9 @@ class EncoderConfig:
     # ask patch tokens only what is drawn, so the last layer can drop the position embedding, and then no
     # caption token can learn where an object is from them.
     position_weight: float = 0.0
+    # Attention term: each object word's cross-attention (every text layer, heads averaged) must fall on its
+    # object's cells, so that what the word's token carries on is that object's content and position.
+    attention_weight: float = 0.0
     # Ranked pairs per step (0: off): one caption, its correct render and a render with one binding or
     # relation error; a pairwise loss on the ITM margin prefers the correct one.
     ranked_pairs: int = 0
@@ -123,13 +126,21 @@ class EncoderConfig:
             raise ValueError("loss weights, weight decay and warm-up must be non-negative")
         if min(self.grounding_examples, self.ranked_pairs) < 0:
             raise ValueError("grounding_examples and ranked_pairs must be non-negative")
-        weights = (self.grounding_weight, self.relation_weight, self.location_weight, self.position_weight)
+        weights = (
+            self.grounding_weight,
+            self.relation_weight,
+            self.location_weight,
+            self.position_weight,
+            self.attention_weight,
+        )
         if min(*weights, self.rank_weight) < 0:
-            raise ValueError("grounding, relation, location, position and rank weights must be non-negative")
+            raise ValueError(
+                "grounding, relation, location, position, attention and rank weights must be non-negative"
+            )
         if max(weights[1:]) > 0 and self.grounding_examples == 0:
             raise ValueError(
-                "relation_weight, location_weight and position_weight need grounding_examples: "
-                "their terms read those scenes"
+                "relation_weight, location_weight, position_weight and attention_weight need "
+                "grounding_examples: their terms read those scenes"
             )
         if self.negative_kind_weights is not None:
             weights = tuple(float(w) for w in self.negative_kind_weights)
@@ -498,12 +509,18 @@ class GroundingHead(nn.Module):
         self.relation = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.GELU(), nn.Linear(hidden, 5))
 
     def loss(
-        self, image_embeds: torch.Tensor, fused: torch.Tensor, examples: list[GroundingExample]
+        self,
+        image_embeds: torch.Tensor,
+        fused: torch.Tensor,
+        examples: list[GroundingExample],
+        cross_attentions: tuple[torch.Tensor, ...] | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Losses {"ground", "location", "relation", "position"} and stats: cross-entropy of each object
         word's cell distribution against the object's coverage (through the image keys, then from the token
         alone); squared offset error (in eighths of the canvas) + BCE of the three flags; squared error of
-        each patch token's cell position (in cells)."""
+        each patch token's cell position (in cells). With the text layers' ``cross_attentions``, also
+        "attention": cross-entropy of each object word's head-averaged cross-attention over the cells (the
+        image's [CLS] token a non-target) against the object's coverage, averaged over layers."""
         logits = self.query(fused) @ self.key(image_embeds[:, 1:, :]).transpose(1, 2)
         logits = logits / image_embeds.shape[-1] ** 0.5  # [B, L, cells]
         rows, positions, targets, shape_positions = [], [], [], []
@@ -552,7 +569,18 @@ class GroundingHead(nn.Module):
             F.mse_loss(self.position(patches), where_cells.expand_as(patches[..., :2])) * (grid / 2) ** 2
         )
         stats["position"] = float(position.detach())
-        return {"ground": ground, "location": location, "relation": relation, "position": position}, stats
+        terms = {"ground": ground, "location": location, "relation": relation, "position": position}
+        if cross_attentions is not None:
+            layers = []
+            for probabilities in cross_attentions:  # [B, heads, L, 1 + cells]
+                looked = probabilities[torch.tensor(rows), :, torch.tensor(positions)].mean(1)[:, 1:]
+                layers.append(-(target * torch.log(looked.clamp_min(1e-8))).sum(-1).mean())
+            terms["attention"] = torch.stack(layers).mean()
+            last = target.gather(1, looked.argmax(-1, keepdim=True)).squeeze(1) > 0
+            stats.update(
+                attention=float(terms["attention"].detach()), attention_hit=float(last.float().mean())
+            )
+        return terms, stats
 
 
 def _pixel_values(images: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -570,20 +598,28 @@ def _tokenize(tokenizer, captions: list[str], first: str) -> tuple[torch.Tensor,
 
 
 def _fuse(
-    blip, tokenizer, images: torch.Tensor, captions: list[str], config: EncoderConfig
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image tokens [B, T, D] and the [ENC] caption's tokens [B, L, D] after cross-attending to them."""
+    blip,
+    tokenizer,
+    images: torch.Tensor,
+    captions: list[str],
+    config: EncoderConfig,
+    attentions: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Image tokens [B, T, D], the [ENC] caption's tokens [B, L, D] after cross-attending to them, and
+    (with ``attentions``) each text layer's cross-attention probabilities [B, heads, L, T]."""
     image_embeds = blip.vision_model(pixel_values=_pixel_values(images, config.image_size)).last_hidden_state
     ids, mask = _tokenize(tokenizer, captions, "enc")
-    fused = blip.text_encoder(input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds)
-    return image_embeds, fused.last_hidden_state
+    fused = blip.text_encoder(
+        input_ids=ids, attention_mask=mask, encoder_hidden_states=image_embeds, output_attentions=attentions
+    )
+    return image_embeds, fused.last_hidden_state, fused.cross_attentions if attentions else None
 
 
 def _match(
     blip, tokenizer, images: torch.Tensor, captions: list[str], config: EncoderConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Image tokens [B, T, D] and ITM logits [B, 2]: BLIP's [ENC] text cross-attending to the image."""
-    image_embeds, fused = _fuse(blip, tokenizer, images, captions, config)
+    image_embeds, fused, _ = _fuse(blip, tokenizer, images, captions, config)
     return image_embeds, blip.itm_head(fused[:, 0, :])
 
 
@@ -656,8 +692,15 @@ def composition_losses(
             for _ in range(config.grounding_examples)
         ]
         images = torch.from_numpy(np.stack([e.image for e in examples])).permute(0, 3, 1, 2).float()
-        image_embeds, fused = _fuse(blip, tokenizer, images, [e.caption for e in examples], config)
-        terms, ground_stats = grounding.loss(image_embeds, fused, examples)
+        image_embeds, fused, cross = _fuse(
+            blip,
+            tokenizer,
+            images,
+            [e.caption for e in examples],
+            config,
+            attentions=config.attention_weight > 0,
+        )
+        terms, ground_stats = grounding.loss(image_embeds, fused, examples, cross)
         total = (
             total
             + config.grounding_weight * terms["ground"]
@@ -665,6 +708,8 @@ def composition_losses(
             + config.relation_weight * terms["relation"]
             + config.position_weight * terms["position"]
         )
+        if cross is not None:
+            total = total + config.attention_weight * terms["attention"]
         stats.update(ground_stats)
     return total, stats
 
