@@ -373,3 +373,17 @@ def test_continued_pretraining_with_grounding_and_ranked_pairs_keeps_the_first_s
     assert torch.isfinite(model.eval().score(["a red circle above a square"], torch.rand(1, 3, 32, 32))).all()
     with pytest.raises(ValueError, match="differ from the config"):
         pretrain_encoder(EncoderConfig(steps=1, eval_examples=4), tmp_path / "wrong", log=None, init=first)
+
+
+def test_a_relation_share_of_one_draws_only_relation_errors_and_zero_none():
+    specs = encoder_prompt_specs(held_out=False)
+    rng = np.random.default_rng(2)
+    for _ in range(30):
+        caption, images, correct = ranked_pair(specs, rng, 32, relation_share=1.0)
+        spec = parse_prompt(caption)
+        assert spec.relation is not None
+        assert not np.array_equal(images[correct], images[1 - correct])
+    captions = [ranked_pair(specs, rng, 32, relation_share=0.0)[0] for _ in range(30)]
+    assert any(parse_prompt(c).relation is None for c in captions)  # attribute prompts, never drawn at 1
+    with pytest.raises(ValueError, match="relation_pair_share"):
+        EncoderConfig(relation_pair_share=1.5)

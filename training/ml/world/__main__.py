@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         default=enc_defaults.attention_weight,
         help="weight of each object word's cross-attention falling on its object's cells",
     )
+    enc.add_argument(
+        "--relation-pair-share",
+        type=float,
+        default=enc_defaults.relation_pair_share,
+        help="share of the ranked pairs whose error is a relation's (default: subcategory drawn first)",
+    )
     enc.add_argument("--rank-weight", type=float, default=enc_defaults.rank_weight)
 
     sample = commands.add_parser("sample", help="write a PNG grid of samples for prompts")
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             location_weight=args.location_weight,
             position_weight=args.position_weight,
             attention_weight=args.attention_weight,
+            relation_pair_share=args.relation_pair_share,
             ranked_pairs=args.ranked_pairs,
             rank_weight=args.rank_weight,
             caption_negative_share=args.caption_negative_share,

@@ -38,7 +38,7 @@ from scipy import ndimage
 from torch import nn
 
 from .degrade import DegradeConfig, degrade_array
-from .errors import ERRORS_FOR, OPPOSITE, _other, planned_scene
+from .errors import ERRORS_FOR, OPPOSITE, RELATION_ERRORS, _other, planned_scene
 from .facts import is_inside, mask_distance, match_objects, scene_objects, truth_score
 from .grammar import PromptSpec, all_prompt_specs, is_held_out
 from .layout import LayoutError
@@ -101,6 +101,8 @@ class EncoderConfig:
     # relation error; a pairwise loss on the ITM margin prefers the correct one.
     ranked_pairs: int = 0
     rank_weight: float = 1.0
+    # Share of the ranked pairs whose error is a relation's (None: subcategory first, ~1 in 10 spatial).
+    relation_pair_share: float | None = None
     itc_weight: float = 0.5
     itc_temperature: float = 0.07
     grad_clip: float = 1.0
@@ -124,6 +126,8 @@ class EncoderConfig:
             raise ValueError("learning_rate, itc_temperature and grad_clip must be positive")
         if min(self.dense_weight, self.itc_weight, self.weight_decay, self.warmup_steps) < 0:
             raise ValueError("loss weights, weight decay and warm-up must be non-negative")
+        if self.relation_pair_share is not None and not 0 <= self.relation_pair_share <= 1:
+            raise ValueError("relation_pair_share must be in [0, 1]")
         if min(self.grounding_examples, self.ranked_pairs) < 0:
             raise ValueError("grounding_examples and ranked_pairs must be non-negative")
         weights = (
@@ -330,13 +334,26 @@ def error_pair(spec: PromptSpec, error: str, rng: np.random.Generator):
 
 
 def ranked_pair(
-    specs: dict[str, list[PromptSpec]], rng: np.random.Generator, image_size: int
+    specs: dict[str, list[PromptSpec]],
+    rng: np.random.Generator,
+    image_size: int,
+    relation_share: float | None = None,
 ) -> tuple[str, list[np.ndarray], int]:
     """(caption, [correct render, render with one of :data:`RANKED_ERRORS`] in random order, index of the
-    correct one), both in one drawn style."""
+    correct one), both in one drawn style.
+
+    ``relation_share``: the share of pairs whose error is a relation's (reversed, random layout), the rest
+    swapped attributes; None: a subcategory drawn first, then one of its kinds (about 1 pair in 10 is a
+    spatial relation's)."""
     while True:
-        sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
-        kinds = [e for e in ERRORS_FOR[sub] if e in RANKED_ERRORS]
+        if relation_share is None:
+            sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
+            kinds = [e for e in ERRORS_FOR[sub] if e in RANKED_ERRORS]
+        else:
+            wanted = RELATION_ERRORS if rng.random() < relation_share else RANKED_ERRORS[:3]
+            subs = [sub for sub in SUBCATEGORIES if set(ERRORS_FOR[sub]) & set(wanted)]
+            sub = subs[int(rng.integers(len(subs)))]
+            kinds = [e for e in ERRORS_FOR[sub] if e in wanted]
         if not kinds:
             continue
         spec = specs[sub][int(rng.integers(len(specs[sub])))]
@@ -682,7 +699,10 @@ def composition_losses(
     """The ranked-pair and grounding (+ relation) terms of one step; zero when both are off."""
     total, stats = torch.zeros(()), {}
     if config.ranked_pairs:
-        pairs = [ranked_pair(specs, rng, config.image_size) for _ in range(config.ranked_pairs)]
+        pairs = [
+            ranked_pair(specs, rng, config.image_size, config.relation_pair_share)
+            for _ in range(config.ranked_pairs)
+        ]
         rank, rank_acc = ranked_loss(blip, tokenizer, pairs, config)
         total = total + config.rank_weight * rank
         stats.update(rank=float(rank.detach()), rank_acc=float(rank_acc))
