@@ -1,7 +1,7 @@
 # The README's two commands. Each needs only python3 (3.11+) on the machine.
 PYTHON ?= python3
 
-.PHONY: run test test-multihost lint manage
+.PHONY: run test test-multihost lint manage world-encoder
 
 run:
 	$(PYTHON) scripts/studio.py run
@@ -17,3 +17,17 @@ test-multihost:
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+# The committed world encoder's recipe, stage by stage (each continues the one before; about 90 minutes on
+# two idle cores, one thread each stage): make world-encoder OUT=/tmp/encoder. Every stage's command is in
+# the result's train_info.json, nested, as in training/ml/world/assets/encoder/train_info.json.
+OUT ?= runs/world-encoder
+COMPOSE := --warmup-steps 30 --lr 2e-4 --batch-size 32 --ranked-pairs 16 --grounding-examples 16 \
+	--relation-weight 0.5 --threads 1
+world-encoder:
+	.venv/bin/python -m training.ml.world encoder --out $(OUT)/1-itm --steps 4000
+	.venv/bin/python -m training.ml.world encoder --init $(OUT)/1-itm --out $(OUT)/2-grounding --steps 4000 $(COMPOSE)
+	.venv/bin/python -m training.ml.world encoder --init $(OUT)/2-grounding --out $(OUT)/3-attention --steps 2000 \
+		$(COMPOSE) --location-weight 1 --position-weight 1 --attention-weight 1
+	.venv/bin/python -m training.ml.world encoder --init $(OUT)/3-attention --out $(OUT)/4-relations --steps 2000 \
+		$(COMPOSE) --location-weight 1 --position-weight 1 --attention-weight 1 --relation-pair-share 0.5
