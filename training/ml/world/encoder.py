@@ -333,6 +333,12 @@ def error_pair(spec: PromptSpec, error: str, rng: np.random.Generator):
     return right, wrong
 
 
+def render_pair(pair, image_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Both scenes of a pair rendered in one drawn style."""
+    style = STYLES[int(rng.integers(len(STYLES)))]
+    return [render_style(render_scene_array(scene, image_size)[0], style, rng) for scene in pair]
+
+
 def ranked_pair(
     specs: dict[str, list[PromptSpec]],
     rng: np.random.Generator,
@@ -360,8 +366,7 @@ def ranked_pair(
         pair = error_pair(spec, kinds[int(rng.integers(len(kinds)))], rng)
         if pair is None:
             continue
-        style = STYLES[int(rng.integers(len(STYLES)))]
-        images = [render_style(render_scene_array(s, image_size)[0], style, rng) for s in pair]
+        images = render_pair(pair, image_size, rng)
         if rng.random() < 0.5:
             return spec.text, images, 0
         return spec.text, images[::-1], 1
@@ -508,7 +513,7 @@ class DenseHead(nn.Module):
 
 
 class GroundingHead(nn.Module):
-    """Pretraining only. Three readings of a caption object's fused tokens:
+    """Pretraining only: what a caption object's fused tokens, and the patch tokens, must be able to say.
     - *grounding*: which image cells it is (query · key over the patch tokens: a content match, so it binds
       words to objects but need not know where they are);
     - *location*: which cells it covers, from the token alone (a fixed linear map to the cells, so the
@@ -548,13 +553,17 @@ class GroundingHead(nn.Module):
                     positions.append(position)
                     targets.append(cells)
             shape_positions.append([words[-1] for words, _ in example.objects])
-        log_p = F.log_softmax(logits[torch.tensor(rows), torch.tensor(positions)], dim=-1)
+        rows_at, words_at = torch.tensor(rows), torch.tensor(positions)
         target = torch.from_numpy(np.stack(targets)).float()
+
+        def on_object(scores: torch.Tensor) -> float:
+            """Share of object words whose highest-scored cell is one of their object's."""
+            return float((target.gather(1, scores.argmax(-1, keepdim=True)) > 0).float().mean())
+
+        log_p = F.log_softmax(logits[rows_at, words_at], dim=-1)
         ground = -(target * log_p).sum(-1).mean()
-        hit = target.gather(1, log_p.argmax(-1, keepdim=True)).squeeze(1) > 0
-        where = F.log_softmax(self.where(fused[torch.tensor(rows), torch.tensor(positions)]), dim=-1)
+        where = F.log_softmax(self.where(fused[rows_at, words_at]), dim=-1)
         location = -(target * where).sum(-1).mean()
-        located = target.gather(1, where.argmax(-1, keepdim=True)).squeeze(1) > 0
         index = torch.arange(len(examples))
         pair = torch.tensor(shape_positions)
         features = torch.cat([fused[index, pair[:, 0]], fused[index, pair[:, 1]]], dim=-1)
@@ -569,9 +578,9 @@ class GroundingHead(nn.Module):
         sides = (predicted[:, :2].gather(1, axis) > 0) == (offset.gather(1, axis) > 0)
         stats = {
             "ground": float(ground.detach()),
-            "ground_hit": float(hit.float().mean()),
+            "ground_hit": on_object(log_p),
             "location": float(location.detach()),
-            "location_hit": float(located.float().mean()),
+            "location_hit": on_object(where),
             "relation": float(relation.detach()),
             "relation_side": float(sides.float().mean()),
         }
@@ -590,13 +599,10 @@ class GroundingHead(nn.Module):
         if cross_attentions is not None:
             layers = []
             for probabilities in cross_attentions:  # [B, heads, L, 1 + cells]
-                looked = probabilities[torch.tensor(rows), :, torch.tensor(positions)].mean(1)[:, 1:]
+                looked = probabilities[rows_at, :, words_at].mean(1)[:, 1:]
                 layers.append(-(target * torch.log(looked.clamp_min(1e-8))).sum(-1).mean())
             terms["attention"] = torch.stack(layers).mean()
-            last = target.gather(1, looked.argmax(-1, keepdim=True)).squeeze(1) > 0
-            stats.update(
-                attention=float(terms["attention"].detach()), attention_hit=float(last.float().mean())
-            )
+            stats.update(attention=float(terms["attention"].detach()), attention_hit=on_object(looked))
         return terms, stats
 
 
@@ -696,7 +702,8 @@ def composition_losses(
     rng: np.random.Generator,
     config: EncoderConfig,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The ranked-pair and grounding (+ relation) terms of one step; zero when both are off."""
+    """The ranked-pair term and the grounding examples' terms (grounding, location, relation, position,
+    attention) of one step, weighted; zero when ranked pairs and grounding examples are both off."""
     total, stats = torch.zeros(()), {}
     if config.ranked_pairs:
         pairs = [
@@ -750,9 +757,7 @@ def ranked_accuracy(blip, tokenizer, config: EncoderConfig, seed: int, per_kind:
             pair = error_pair(spec, kind, rng)
             if pair is None:
                 continue
-            style = STYLES[int(rng.integers(len(STYLES)))]
-            images = [render_style(render_scene_array(s, config.image_size)[0], style, rng) for s in pair]
-            pairs.append((spec.text, images, 0))
+            pairs.append((spec.text, render_pair(pair, config.image_size, rng), 0))
         right = sum(
             float(ranked_loss(blip, tokenizer, pairs[i : i + 64], config)[1]) * len(pairs[i : i + 64])
             for i in range(0, per_kind, 64)
