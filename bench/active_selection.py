@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--freeze", type=float, default=None, help="frozen share of the pretrained encoder (default: recipe)"
     )
+    p.add_argument(
+        "--reward-head",
+        choices=("mlp", "itm"),
+        default="mlp",
+        help="score head (itm: the encoder's matching head)",
+    )
     p.add_argument("--reward-hidden", type=int, default=128)
     p.add_argument("--reward-layers", type=int, default=4)
     p.add_argument("--work-dir", default=str(ROOT / "bench" / "out" / "active_selection"))
@@ -355,6 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     epochs=args.reward_epochs,
                     learning_rate=args.reward_lr or base_round.reward.learning_rate,
                     freeze_fraction=base_round.reward.freeze_fraction if args.freeze is None else args.freeze,
+                    head=args.reward_head,
                     hidden_size=args.reward_hidden,
                     layers=args.reward_layers,
                 ),

@@ -364,6 +364,12 @@ def main() -> None:
         "--reward-lr", type=float, default=None, help="reward learning rate (default: recipe)"
     )
     parser.add_argument("--freeze", type=float, default=None, help="frozen share of a pretrained encoder")
+    parser.add_argument(
+        "--reward-head",
+        choices=("mlp", "itm"),
+        default="mlp",
+        help="score head (itm: the encoder's matching head)",
+    )
     parser.add_argument("--tie-margin", type=float, default=0.1, help="panel split counted as a tie")
     parser.add_argument("--gate", choices=("require", "measured", "off"), default="measured")
     parser.add_argument("--guard-rule", choices=("paired", "best_mean"), default="paired")
@@ -415,6 +421,7 @@ def main() -> None:
             epochs=args.reward_epochs,
             learning_rate=args.reward_lr or base.reward.learning_rate,
             freeze_fraction=base.reward.freeze_fraction if args.freeze is None else args.freeze,
+            head=args.reward_head,
         ),
         feedback=dataclasses.replace(
             base.feedback,

@@ -55,6 +55,18 @@ class RoundForm(forms.Form):
         required=False,
         help_text="Pretrained: the worker's REWARD_BLIP_PATH, or for the synthetic world its committed encoder.",
     )
+    reward_head = forms.ChoiceField(
+        choices=[
+            ("mlp", "MLP score head (IterComp / ImageReward)"),
+            ("itm", "MLP + the pretrained BLIP's matching head"),
+        ],
+        initial=_R.head,
+        required=False,
+        help_text=(
+            "Pretrained backbone only. With the matching head the reward starts as the BLIP's image–text "
+            "matching margin and the experts' pairs fine-tune it, instead of teaching a fresh head from zero."
+        ),
+    )
     reward_epochs = forms.IntegerField(min_value=1, max_value=100, initial=_R.epochs)
     reward_learning_rate = forms.FloatField(initial=_R.learning_rate)
     reward_freeze_fraction = forms.FloatField(initial=_R.freeze_fraction)
@@ -121,6 +133,7 @@ class RoundForm(forms.Form):
                 objective=data["objective"] or "refl",
                 reward=RewardStageConfig(
                     backbone=data.get("reward_backbone") or _R.backbone,
+                    head=data.get("reward_head") or _R.head,
                     epochs=data["reward_epochs"],
                     learning_rate=data["reward_learning_rate"],
                     freeze_fraction=data["reward_freeze_fraction"],

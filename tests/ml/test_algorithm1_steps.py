@@ -28,6 +28,7 @@ from training.ml.algorithm1.steps import (
     prompt_categories,
     push_back_prompts,
     refl_config,
+    reward_model_config,
     reward_train_config,
     routed_reward,
 )
@@ -292,3 +293,17 @@ def test_reward_scores_are_renormalised_on_the_current_models_own_samples(tiny_r
     assert normalize_on_own_samples(checkpoint, records, set(), None) == {
         "normalization_source": "training images"
     }
+
+
+def test_the_rounds_itm_reward_head_reaches_the_model_config_and_needs_a_pretrained_backbone(tmp_path):
+    itm = RoundConfig(base_model="/models/sdxl", reward=RewardStageConfig(head="itm"))
+    model = reward_train_config(itm, "spatial", tmp_path, iteration=0, pretrained_path="/models/blip").model
+    assert (model.head_init, model.pretrained_path) == ("itm", "/models/blip")
+    mlp = RoundConfig(base_model="/models/sdxl")
+    assert reward_model_config(mlp, "spatial", "/models/blip").head_init == "imagereward"
+    with pytest.raises(ValueError, match="pretrained"):
+        reward_model_config(itm, "spatial", None)
+    with pytest.raises(RoundConfigError, match="pretrained backbone"):
+        RewardStageConfig(backbone="scratch", head="itm")
+    with pytest.raises(RoundConfigError, match="reward head"):
+        RewardStageConfig(head="linear")

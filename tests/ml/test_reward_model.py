@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.ml.blip_folder import save_tiny_blip_itm
-from training.ml.preprocess import PreprocessConfig
+from training.ml.preprocess import PreprocessConfig, preprocess_images
 from training.ml.reward.checkpoint import load_reward_model, save_reward_model
 from training.ml.reward.config import RewardModelConfig, VisionSpec
 from training.ml.reward.model import build_blip_tokenizer, build_reward_model
@@ -213,3 +213,45 @@ def test_head_init_is_imagereward_by_default_and_pytorch_on_request():
     assert pt.weight.std().item() == pytest.approx((3 * 32) ** -0.5, rel=0.05)
     with pytest.raises(ValueError, match="head_init"):
         RewardModelConfig.tiny("spatial", head_init="xavier")
+
+
+def test_itm_head_starts_the_score_at_the_folders_matching_margin_and_survives_a_checkpoint(tmp_path):
+    blip = save_tiny_blip_itm(tmp_path, seed=5).eval()
+    model = build_reward_model(
+        RewardModelConfig(category="spatial", pretrained_path=str(tmp_path), head_init="itm"), seed=0
+    ).eval()
+    assert torch.equal(model.itm_head.weight, blip.itm_head.weight)
+    prompts = ["a red circle", "a blue square to the left of a cat"]
+    images = torch.rand(2, 3, 32, 32)
+    input_ids, attention_mask = model.tokenize(prompts)
+    with torch.no_grad():
+        # BLIP's own ITM forward on the same [ENC] tokens and normalised pixels.
+        logits = blip(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            pixel_values=preprocess_images(images, model.preprocess),
+            use_itm_head=True,
+        ).itm_score
+        margin = logits[:, 1] - logits[:, 0]
+        fused = model.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=model.encode_images(preprocess_images(images, model.preprocess)),
+        ).last_hidden_state[:, 0, :]
+        mlp = model.head(fused)
+        raw = model.raw_score(prompts, images)
+    # raw score = ITM margin + the ImageReward MLP, which starts near zero (N(0, 1/(fan_in+1)) weights).
+    torch.testing.assert_close(raw, margin + mlp)
+    assert mlp.abs().max() < 1e-3 < margin.abs().max()
+
+    save_reward_model(model, tmp_path / "ckpt")
+    loaded = load_reward_model(tmp_path / "ckpt")
+    assert torch.equal(loaded.itm_head.weight, model.itm_head.weight)
+    torch.testing.assert_close(loaded.raw_score(prompts, images), raw)
+    # The MLP-only default has no matching head; a from-scratch backbone cannot have one.
+    assert (
+        build_reward_model(RewardModelConfig(category="spatial", pretrained_path=str(tmp_path))).itm_head
+        is None
+    )
+    with pytest.raises(ValueError, match="pretrained BLIP folder"):
+        RewardModelConfig.tiny("spatial", head_init="itm")

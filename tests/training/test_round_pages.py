@@ -82,6 +82,19 @@ def test_invalid_settings_are_shown_in_the_form_and_nothing_is_created(client, m
     assert not TrainingRound.objects.exists()
 
 
+def test_an_admin_chooses_the_matching_head_for_the_reward_models_and_a_scratch_backbone_refuses_it(
+    client, make_user
+):
+    client.force_login(make_user("admin"))
+    page = client.get("/training/rounds/new/")
+    assert b'name="reward_head"' in page.content and b"matching head" in page.content
+    refused = client.post("/training/rounds/new/", _form(reward_head="itm", reward_backbone="scratch"))
+    assert refused.status_code == 400 and b"needs the pretrained backbone" in refused.content
+    assert not TrainingRound.objects.exists()
+    client.post("/training/rounds/new/", _form(reward_head="itm"))
+    assert TrainingRound.objects.get().config["reward"]["head"] == "itm"
+
+
 def test_progress_partial_shows_stage_progress_and_stops_polling_when_the_round_ends(client, make_user):
     admin = make_user("admin")
     client.force_login(admin)

@@ -21,6 +21,9 @@ RETIRED_SETTINGS: dict[str, frozenset[str]] = {"reward": frozenset({"include_x0_
 # Settings added later, with the value that describes what rounds stored before them actually ran.
 LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {"reward": {"backbone": "scratch"}}
 BACKBONES: tuple[str, ...] = ("pretrained", "scratch")
+# The reward models' score head: "mlp" is IterComp/ImageReward's MLP on a fresh initialisation; "itm" adds the
+# pretrained BLIP's image-text-matching head, so the score starts as its matching margin (pretrained only).
+REWARD_HEADS: tuple[str, ...] = ("mlp", "itm")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class RewardStageConfig:
     batch_prompts: int = 8
     # Share of a pretrained BLIP's layers kept frozen (IterComp: 70 %); a from-scratch backbone trains whole.
     freeze_fraction: float = 0.7
+    head: str = "mlp"
     # The from-scratch BLIP used when the worker names no pretrained folder (the synthetic world, CPU tests):
     # 32-wide attention heads, images resized to image_size and cut into patch_size patches.
     hidden_size: int = 128
@@ -52,6 +56,11 @@ class RewardStageConfig:
         _check(0 < self.learning_rate < 1, "reward learning rate must be in (0, 1)")
         _check(1 <= self.batch_prompts <= 1024, "reward batch must be between 1 and 1024 prompts")
         _check(0 <= self.freeze_fraction < 1, "freeze fraction must be in [0, 1)")
+        _check(self.head in REWARD_HEADS, f"reward head must be one of {', '.join(REWARD_HEADS)}")
+        _check(
+            self.head == "mlp" or self.backbone == "pretrained",
+            "the 'itm' reward head needs the pretrained backbone (a from-scratch BLIP has no matching head)",
+        )
         _check(
             32 <= self.hidden_size <= 4096 and self.hidden_size % 32 == 0, "reward hidden size: 32..4096, x32"
         )

@@ -90,7 +90,10 @@ def reward_model_config(
             category=category,  # type: ignore[arg-type]
             pretrained_path=pretrained_path,
             freeze_fraction=reward.freeze_fraction,
+            head_init="itm" if reward.head == "itm" else "imagereward",
         )
+    if reward.head == "itm":
+        raise ValueError("the 'itm' reward head needs a pretrained BLIP folder; none was given")
     # Init std and GELU head as in bench/reward_world.py: what lets a from-scratch BLIP learn on CPU.
     sizes = dict(
         hidden_size=reward.hidden_size,

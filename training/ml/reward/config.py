@@ -78,8 +78,11 @@ class RewardModelConfig:
     # ImageReward's head is purely linear (its ReLUs are commented out); "gelu" adds nonlinearity.
     head_activation: Literal["none", "gelu", "relu"] = "none"
     # "imagereward": N(0, 1/(fan_in+1)) as ImageReward (scores start ~1e-5, fine on a pretrained BLIP);
-    # "pytorch": nn.Linear's default, which lets a from-scratch backbone get gradients from step one.
-    head_init: Literal["imagereward", "pytorch"] = "imagereward"
+    # "pytorch": nn.Linear's default, which lets a from-scratch backbone get gradients from step one;
+    # "itm": the ImageReward MLP plus the pretrained folder's ITM head, the score starting as the ITM margin
+    # logit(match) − logit(no match) — what the encoder already knows about the prompt, not a random head
+    # that pairs must teach again.
+    head_init: Literal["imagereward", "pytorch", "itm"] = "imagereward"
     freeze_fraction: float = 0.7
     max_length: int = 35
     # BLIP's ITM head was trained with [ENC] in place of [CLS]; ImageReward kept [CLS].
@@ -101,8 +104,12 @@ class RewardModelConfig:
             raise ValueError("head dims must be positive and dropouts in [0, 1)")
         if self.head_activation not in ("none", "gelu", "relu"):
             raise ValueError(f"unknown head_activation {self.head_activation!r}")
-        if self.head_init not in ("imagereward", "pytorch"):
+        if self.head_init not in ("imagereward", "pytorch", "itm"):
             raise ValueError(f"unknown head_init {self.head_init!r}")
+        if self.head_init == "itm" and self.pretrained_path is None:
+            raise ValueError(
+                "head_init 'itm' needs a pretrained BLIP folder (a from-scratch one has no ITM head)"
+            )
         if not 0.0 <= self.freeze_fraction <= 1.0:
             raise ValueError(f"freeze_fraction must be in [0, 1], got {self.freeze_fraction}")
         if self.max_length < 3:

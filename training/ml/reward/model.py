@@ -116,8 +116,12 @@ class RewardModel(nn.Module):
             config.head_dims,
             config.head_dropout,
             config.head_activation,
-            config.head_init,
+            # The MLP beside an ITM head starts as ImageReward's, near zero: the score starts as the margin.
+            "imagereward" if config.head_init == "itm" else config.head_init,
         )
+        # head_init "itm": BLIP's image-text-matching head beside the MLP; build_reward_model loads its
+        # pretrained weights, a checkpoint load overwrites them with the fine-tuned ones.
+        self.itm_head = nn.Linear(text_encoder.config.hidden_size, 2) if config.head_init == "itm" else None
         # Normalisation of raw scores (mean/std on the training set), saved with the weights.
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
@@ -182,7 +186,11 @@ class RewardModel(nn.Module):
             attention_mask=attention_mask,
             encoder_hidden_states=image_embeds,
         ).last_hidden_state
-        scores = self.head(out[:, 0, :])
+        first = out[:, 0, :]
+        scores = self.head(first)
+        if self.itm_head is not None:
+            logits = self.itm_head(first)
+            scores = scores + (logits[:, 1] - logits[:, 0])
         # Half-precision scores would make the pairwise loss coarse; float32/float64 pass through.
         return scores if scores.dtype in (torch.float32, torch.float64) else scores.float()
 
@@ -278,12 +286,11 @@ def _small_backbone(config: RewardModelConfig, vocab_size: int) -> tuple[BlipVis
     return BlipVisionModel(vision_cfg), BlipTextModel(text_cfg, add_pooling_layer=False)
 
 
-def _pretrained_backbone(folder: str) -> tuple[BlipVisionModel, BlipTextModel]:
+def _pretrained_blip(folder: str) -> BlipForImageTextRetrieval:
     path = Path(folder)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{folder}: not a local HuggingFace BLIP folder (no config.json)")
-    blip = BlipForImageTextRetrieval.from_pretrained(str(path), local_files_only=True)
-    return blip.vision_model, blip.text_encoder
+    return BlipForImageTextRetrieval.from_pretrained(str(path), local_files_only=True)
 
 
 def build_reward_model(config: RewardModelConfig, seed: int | None = None) -> RewardModel:
@@ -292,13 +299,17 @@ def build_reward_model(config: RewardModelConfig, seed: int | None = None) -> Re
         torch.manual_seed(seed)
     if config.pretrained_path is not None:
         tokenizer = build_blip_tokenizer(config.pretrained_path)
-        vision, text = _pretrained_backbone(config.pretrained_path)
+        blip = _pretrained_blip(config.pretrained_path)
+        vision, text = blip.vision_model, blip.text_encoder
         if len(tokenizer) > text.config.vocab_size:
             # The folder's tokenizer lacked [DEC]/[ENC]; grow the embeddings as BLIP does.
             text.resize_token_embeddings(len(tokenizer))
-    else:
-        tokenizer = build_blip_tokenizer(None)
-        vision, text = _small_backbone(config, vocab_size=len(tokenizer))
+        model = RewardModel(config, vision, text, tokenizer, config.resolved_preprocess())
+        if model.itm_head is not None:
+            model.itm_head.load_state_dict(blip.itm_head.state_dict())
+        return model
+    tokenizer = build_blip_tokenizer(None)
+    vision, text = _small_backbone(config, vocab_size=len(tokenizer))
     return RewardModel(config, vision, text, tokenizer, config.resolved_preprocess())
 
 
