@@ -10,6 +10,12 @@ Beside it, the oracle's accuracy on the same pairs (``panel_ceiling``): what any
 If the ITM head already ranked the model's own samples, a reward model could start from it; this measures
 whether it does.
 
+``by_difference``: the same accuracy split by what the oracle reads differently in the two images of a pair
+(``present``: an asked-for object found in one only; ``attribute``: a colour/texture/size/shape verdict;
+``relation``; ``extra``: the count of unasked-for objects), for pairs that differ in exactly one of these,
+and ``several`` for the rest — with the oracle's own accuracy on each share (the panel's noise there).
+Measured only: nothing trains on the oracle.
+
     .venv/bin/python bench/encoder_zero_shot.py [--encoders DIR ...] [--categories ...] [--seeds 2]
 """
 
@@ -71,6 +77,35 @@ class ItmScorer:
         return (logits[:, 1] - logits[:, 0]).tolist()
 
 
+def difference_kind(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """What two oracle reports of one prompt's images disagree on (one kind, or ``several``/``none``)."""
+    kinds = set()
+    for key in a["facts"].keys() | b["facts"].keys():
+        if key == "no_extra" or a["facts"].get(key) == b["facts"].get(key):
+            continue
+        kinds.add(
+            "present" if key.startswith("present:") else "relation" if key == "relation" else "attribute"
+        )
+    if a["n_extra"] != b["n_extra"]:
+        kinds.add("extra")
+    return kinds.pop() if len(kinds) == 1 else "several" if kinds else "none"
+
+
+def pair_differences(data: Any, records: list) -> tuple[dict[str, list], dict[int, float]]:
+    """(non-tied records by :func:`difference_kind`, oracle score per image)."""
+    from training.ml.world.oracle import oracle_report
+
+    prompts = {r.prompt_id: r.prompt for r in records}
+    ids = sorted({i for r in records for i in (r.winner_id, r.loser_id)})
+    image_prompt = {i: prompts[r.prompt_id] for r in records for i in (r.winner_id, r.loser_id)}
+    reports = {i: oracle_report(image_prompt[i], im) for i, im in zip(ids, data.load(ids), strict=True)}
+    kinds: dict[str, list] = {}
+    for r in records:
+        if r.label == 1.0:
+            kinds.setdefault(difference_kind(reports[r.winner_id], reports[r.loser_id]), []).append(r)
+    return kinds, {i: float(report["score"]) for i, report in reports.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -87,12 +122,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "panel_ceiling": active_selection.panel_ceiling(data, records, seed),
                 "itm": {},
             }
+            kinds, oracle = pair_differences(data, records)
+            row["by_difference"] = {}
             for folder, scorer in scorers.items():
                 scores: dict[int, float] = {}
                 for group in groups:
                     ids = list(group.entry.human)
                     scores.update(zip(ids, scorer(group.entry.prompt, data.load(ids)), strict=True))
                 row["itm"][folder] = dataclasses.asdict(pair_accuracy(records, scores, seed=seed))
+                row["by_difference"][folder] = {
+                    kind: {
+                        "itm": dataclasses.asdict(pair_accuracy(subset, scores, seed=seed)),
+                        "oracle": pair_accuracy(subset, oracle, seed=seed).accuracy,
+                    }
+                    for kind, subset in sorted(kinds.items())
+                }
             results[category].append(row)
             print(json.dumps({"category": category, **row}), flush=True)
     return active_selection.write_result(args, started, categories=results)
