@@ -18,9 +18,9 @@ test-multihost:
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
-# The committed world encoder's recipe, stage by stage (each continues the one before; about 90 minutes on
-# two idle cores, one thread each stage): make world-encoder OUT=/tmp/encoder. Every stage's command is in
-# the result's train_info.json, nested, as in training/ml/world/assets/encoder/train_info.json.
+# The committed world encoder's recipe, stage by stage (each continues the one before; about 105 minutes
+# on two idle cores, one thread each stage but the last): make world-encoder OUT=/tmp/encoder. Every
+# stage's command is in the result's train_info.json, nested, as in the committed encoder's.
 OUT ?= runs/world-encoder
 COMPOSE := --warmup-steps 30 --lr 2e-4 --batch-size 32 --ranked-pairs 16 --grounding-examples 16 \
 	--relation-weight 0.5 --threads 1
@@ -31,3 +31,6 @@ world-encoder:
 		$(COMPOSE) --location-weight 1 --position-weight 1 --attention-weight 1
 	.venv/bin/python -m training.ml.world encoder --init $(OUT)/3-attention --out $(OUT)/4-relations --steps 2000 \
 		$(COMPOSE) --location-weight 1 --position-weight 1 --attention-weight 1 --relation-pair-share 0.5
+	.venv/bin/python -m training.ml.world encoder --init $(OUT)/4-relations --out $(OUT)/5-graded --steps 1000 \
+		$(COMPOSE) --location-weight 1 --position-weight 1 --attention-weight 1 --relation-pair-share 0.5 \
+		--graded-pairs 24 --threads 2

@@ -25,12 +25,16 @@ from training.ml.world.encoder import (
     draw_example,
     encoder_prompt_specs,
     error_pair,
+    graded_pair,
+    graded_scenes,
     grounding_example,
     hard_negative,
     object_words,
     pretrain_encoder,
     ranked_pair,
+    violated_facts,
 )
+from training.ml.world.errors import planned_scene
 from training.ml.world.facts import truth_score
 from training.ml.world.grammar import is_held_out, parse_prompt
 from training.ml.world.layout import correct_scene, make_scene
@@ -360,14 +364,15 @@ def test_continued_pretraining_with_grounding_and_ranked_pairs_keeps_the_first_s
         position_weight=1.0,
         attention_weight=1.0,
         ranked_pairs=2,
+        graded_pairs=2,
     )
     out = tmp_path / "continued"
     record = pretrain_encoder(config, out, log=None, init=first)
     info = json.loads((out / "train_info.json").read_text())
     assert info["init"]["path"] == str(first) and info["init"]["record"]["config"]["steps"] == 3
-    assert info["examples_seen"] == 2 * (4 + 2 * 2 + 2)
-    assert set(record["held_out"]["ranked_accuracy"]) == set(RANKED_ERRORS)
-    for key in ("rank", "ground", "location", "relation", "position", "attention"):
+    assert info["examples_seen"] == 2 * (4 + 2 * (2 + 2) + 2)
+    assert set(record["held_out"]["ranked_accuracy"]) == {*RANKED_ERRORS, "graded"}
+    for key in ("rank", "graded", "ground", "location", "relation", "position", "attention"):
         assert np.isfinite(info["curve"][0][key])
     model = build_reward_model(RewardModelConfig(category="spatial", pretrained_path=str(out)), seed=0)
     assert torch.isfinite(model.eval().score(["a red circle above a square"], torch.rand(1, 3, 32, 32))).all()
@@ -387,3 +392,34 @@ def test_a_relation_share_of_one_draws_only_relation_errors_and_zero_none():
     assert any(parse_prompt(c).relation is None for c in captions)  # attribute prompts, never drawn at 1
     with pytest.raises(ValueError, match="relation_pair_share"):
         EncoderConfig(relation_pair_share=1.5)
+
+
+def test_violated_facts_count_each_wrong_fact_and_each_extra_object_once():
+    spec = parse_prompt("a red circle to the left of a blue square")
+    rng = np.random.default_rng(0)
+    planned = {
+        error: [s for s in (planned_scene(spec, rng, [error]) for _ in range(20)) if truth_score(spec, s) < 1]
+        for error in ("swap_color", "reverse", "extra")
+    }
+    assert violated_facts(spec, planned_scene(spec, rng)) == 0
+    # Swapped colours: both objects' colour facts are false; reversed: the relation; extra: one object.
+    assert {violated_facts(spec, s) for s in planned["swap_color"]} == {2}
+    assert {violated_facts(spec, s) for s in planned["reverse"]} == {1}
+    assert {violated_facts(spec, s) for s in planned["extra"]} == {1}
+    assert violated_facts(spec, planned_scene(spec, rng, ["swap_color", "reverse"])) == 3
+
+
+def test_a_graded_pair_prefers_the_scene_with_fewer_violated_facts_and_is_not_always_first():
+    specs = encoder_prompt_specs(held_out=False)
+    rng = np.random.default_rng(1)
+    better_seen, several = set(), 0
+    for _ in range(40):
+        spec, scenes, better = graded_scenes(specs, rng, max_errors=3)
+        assert violated_facts(spec, scenes[better]) < violated_facts(spec, scenes[1 - better])
+        better_seen.add(better)
+        several += violated_facts(spec, scenes[better]) > 0  # both wrong, one less so
+    assert better_seen == {0, 1} and several > 0
+    caption, images, better = graded_pair(specs, rng, 32)
+    assert len(images) == 2 and images[0].shape == (32, 32, 3) and better in (0, 1)
+    with pytest.raises(ValueError, match="graded_max_errors"):
+        EncoderConfig(graded_max_errors=0)

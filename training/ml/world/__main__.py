@@ -85,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         help="(correct, one binding or relation error) render pairs per step under a ranking loss (0: off)",
     )
     enc.add_argument(
+        "--graded-pairs",
+        type=int,
+        default=enc_defaults.graded_pairs,
+        help="render pairs per step with 0..--graded-max-errors errors each, fewer violated facts preferred",
+    )
+    enc.add_argument("--graded-max-errors", type=int, default=enc_defaults.graded_max_errors)
+    enc.add_argument(
         "--location-weight",
         type=float,
         default=enc_defaults.location_weight,
@@ -159,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             attention_weight=args.attention_weight,
             relation_pair_share=args.relation_pair_share,
             ranked_pairs=args.ranked_pairs,
+            graded_pairs=args.graded_pairs,
+            graded_max_errors=args.graded_max_errors,
             rank_weight=args.rank_weight,
             caption_negative_share=args.caption_negative_share,
             negative_kind_weights=(

@@ -39,7 +39,15 @@ from torch import nn
 
 from .degrade import DegradeConfig, degrade_array
 from .errors import ERRORS_FOR, OPPOSITE, RELATION_ERRORS, _other, planned_scene
-from .facts import is_inside, mask_distance, match_objects, scene_objects, truth_score
+from .facts import (
+    count_extra,
+    is_inside,
+    mask_distance,
+    match_objects,
+    scene_objects,
+    truth_facts,
+    truth_score,
+)
 from .grammar import PromptSpec, all_prompt_specs, is_held_out
 from .layout import LayoutError
 from .scene import render_scene_array
@@ -103,6 +111,13 @@ class EncoderConfig:
     rank_weight: float = 1.0
     # Share of the ranked pairs whose error is a relation's (None: subcategory first, ~1 in 10 spatial).
     relation_pair_share: float | None = None
+    # Graded pairs per step (0: off): one caption, two renders that each carry 0 to ``graded_max_errors``
+    # planned errors of the subcategory; the margin must prefer the one with fewer violated facts (every
+    # fact of the caption and every extra object counts one, read from the plan). Two samples of a base
+    # model are mostly both wrong, in several ways at once: ranked pairs (one error against none) do not
+    # teach the margin to count.
+    graded_pairs: int = 0
+    graded_max_errors: int = 3
     itc_weight: float = 0.5
     itc_temperature: float = 0.07
     grad_clip: float = 1.0
@@ -128,8 +143,10 @@ class EncoderConfig:
             raise ValueError("loss weights, weight decay and warm-up must be non-negative")
         if self.relation_pair_share is not None and not 0 <= self.relation_pair_share <= 1:
             raise ValueError("relation_pair_share must be in [0, 1]")
-        if min(self.grounding_examples, self.ranked_pairs) < 0:
-            raise ValueError("grounding_examples and ranked_pairs must be non-negative")
+        if min(self.grounding_examples, self.ranked_pairs, self.graded_pairs) < 0:
+            raise ValueError("grounding_examples, ranked_pairs and graded_pairs must be non-negative")
+        if not 1 <= self.graded_max_errors <= 6:
+            raise ValueError("graded_max_errors must be between 1 and 6")
         weights = (
             self.grounding_weight,
             self.relation_weight,
@@ -370,6 +387,45 @@ def ranked_pair(
         if rng.random() < 0.5:
             return spec.text, images, 0
         return spec.text, images[::-1], 1
+
+
+def violated_facts(spec: PromptSpec, scene) -> int:
+    """How wrong a planned scene is for ``spec``: its false facts plus its extra objects, each counting one
+    (the plan's own reading, deliberately not the oracle's weighting)."""
+    facts = truth_facts(spec, scene)
+    wrong = sum(not ok for key, ok in facts.items() if key != "no_extra")
+    return wrong + count_extra(spec, scene_objects(scene))
+
+
+def graded_pair(
+    specs: dict[str, list[PromptSpec]], rng: np.random.Generator, image_size: int, max_errors: int = 3
+) -> tuple[str, list[np.ndarray], int]:
+    """(caption, the two scenes of :func:`graded_scenes` rendered in one drawn style, index of the better)."""
+    spec, scenes, better = graded_scenes(specs, rng, max_errors)
+    return spec.text, render_pair(scenes, image_size, rng), better
+
+
+def graded_scenes(
+    specs: dict[str, list[PromptSpec]], rng: np.random.Generator, max_errors: int = 3
+) -> tuple[PromptSpec, list, int]:
+    """(caption spec, two planned scenes of it with 0..``max_errors`` errors of its subcategory each, index
+    of the one with fewer :func:`violated_facts`); pairs that violate as many facts are drawn again."""
+    while True:
+        sub = SUBCATEGORIES[int(rng.integers(len(SUBCATEGORIES)))]
+        spec = specs[sub][int(rng.integers(len(specs[sub])))]
+        options = ERRORS_FOR[sub]
+        # Distinct kinds per scene: two extra objects and a changed shape could leave no shape to change to.
+        plans = [
+            [str(e) for e in rng.choice(options, size=int(rng.integers(max_errors + 1)), replace=False)]
+            for _ in range(2)
+        ]
+        try:
+            scenes = [planned_scene(spec, rng, plan) for plan in plans]
+        except LayoutError:
+            continue
+        counts = [violated_facts(spec, scene) for scene in scenes]
+        if counts[0] != counts[1]:
+            return spec, scenes, int(counts[1] < counts[0])
 
 
 def object_words(text: str, n_objects: int) -> list[list[int]]:
@@ -713,6 +769,14 @@ def composition_losses(
         rank, rank_acc = ranked_loss(blip, tokenizer, pairs, config)
         total = total + config.rank_weight * rank
         stats.update(rank=float(rank.detach()), rank_acc=float(rank_acc))
+    if config.graded_pairs:
+        pairs = [
+            graded_pair(specs, rng, config.image_size, config.graded_max_errors)
+            for _ in range(config.graded_pairs)
+        ]
+        graded, graded_acc = ranked_loss(blip, tokenizer, pairs, config)
+        total = total + config.rank_weight * graded
+        stats.update(graded=float(graded.detach()), graded_acc=float(graded_acc))
     if config.grounding_examples:
         examples = [
             grounding_example(specs, rng, config.image_size, config.patch_size)
@@ -763,6 +827,12 @@ def ranked_accuracy(blip, tokenizer, config: EncoderConfig, seed: int, per_kind:
             for i in range(0, per_kind, 64)
         )
         report[kind] = round(right / per_kind, 4)
+    graded = [graded_pair(specs, rng, config.image_size, config.graded_max_errors) for _ in range(per_kind)]
+    right = sum(
+        float(ranked_loss(blip, tokenizer, graded[i : i + 64], config)[1]) * len(graded[i : i + 64])
+        for i in range(0, per_kind, 64)
+    )
+    report["graded"] = round(right / per_kind, 4)
     return report
 
 
@@ -897,7 +967,11 @@ def pretrain_encoder(
             "wall_seconds": round(train_seconds, 1),
             "cpu_seconds": round(time.process_time() - cpu_start, 1),
             "examples_seen": config.steps
-            * (config.batch_size + 2 * config.ranked_pairs + config.grounding_examples),
+            * (
+                config.batch_size
+                + 2 * (config.ranked_pairs + config.graded_pairs)
+                + config.grounding_examples
+            ),
             "parameters": sum(p.numel() for p in blip.parameters()),
             "curve": [
                 {
