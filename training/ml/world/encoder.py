@@ -808,7 +808,8 @@ def composition_losses(
 @torch.no_grad()
 def ranked_accuracy(blip, tokenizer, config: EncoderConfig, seed: int, per_kind: int) -> dict[str, float]:
     """Held-out captions: the share of (correct render, render with one error) pairs whose ITM margin
-    orders them right, per kind of :data:`RANKED_ERRORS` (styles drawn at random)."""
+    orders them right, per kind of :data:`RANKED_ERRORS` (styles drawn at random), and of
+    :func:`graded_pair` pairs under ``graded``."""
     specs = encoder_prompt_specs(held_out=True)
     rng = np.random.default_rng(seed)
     report = {}
@@ -822,18 +823,19 @@ def ranked_accuracy(blip, tokenizer, config: EncoderConfig, seed: int, per_kind:
             if pair is None:
                 continue
             pairs.append((spec.text, render_pair(pair, config.image_size, rng), 0))
-        right = sum(
-            float(ranked_loss(blip, tokenizer, pairs[i : i + 64], config)[1]) * len(pairs[i : i + 64])
-            for i in range(0, per_kind, 64)
-        )
-        report[kind] = round(right / per_kind, 4)
+        report[kind] = _ordered_share(blip, tokenizer, pairs, config)
     graded = [graded_pair(specs, rng, config.image_size, config.graded_max_errors) for _ in range(per_kind)]
-    right = sum(
-        float(ranked_loss(blip, tokenizer, graded[i : i + 64], config)[1]) * len(graded[i : i + 64])
-        for i in range(0, per_kind, 64)
-    )
-    report["graded"] = round(right / per_kind, 4)
+    report["graded"] = _ordered_share(blip, tokenizer, graded, config)
     return report
+
+
+def _ordered_share(blip, tokenizer, pairs, config: EncoderConfig) -> float:
+    """The share of ranked pairs whose ITM margin orders them right, in batches of 64."""
+    right = sum(
+        float(ranked_loss(blip, tokenizer, pairs[i : i + 64], config)[1]) * len(pairs[i : i + 64])
+        for i in range(0, len(pairs), 64)
+    )
+    return round(right / len(pairs), 4)
 
 
 @torch.no_grad()
