@@ -41,6 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from training.ml.algorithm1.config import OBJECTIVES  # noqa: E402
 from training.ml.algorithm1.steps import hash_rank, routed_reward  # noqa: E402
 from training.ml.loop import (  # noqa: E402
     LoopConfig,
@@ -387,9 +388,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared machine)")
     parser.add_argument(
         "--objective",
-        choices=("refl", "dpo"),
+        choices=OBJECTIVES,
         default="refl",
-        help="fine-tuning objective of every iteration",
+        help="fine-tuning objective of every iteration (raft: reward-ranked fine-tuning)",
+    )
+    parser.add_argument(
+        "--raft-candidates", type=int, default=4, help="samples per prompt the reward models choose from"
+    )
+    parser.add_argument(
+        "--feedback-prompts",
+        type=int,
+        default=None,
+        help="fine-tuning's training prompts per category (default: all of D's)",
     )
     parser.add_argument("--dpo-beta", type=float, default=5000.0, help="Diffusion-DPO beta (objective dpo)")
     parser.add_argument(
@@ -414,6 +424,7 @@ def main() -> None:
         dpo=dataclasses.replace(
             base.dpo, beta=args.dpo_beta, pair_source=args.dpo_pair_source, ties=args.dpo_ties
         ),
+        raft=dataclasses.replace(base.raft, candidates=args.raft_candidates),
         reward=dataclasses.replace(
             base.reward,
             backbone=args.backbone,
@@ -437,6 +448,7 @@ def main() -> None:
             guard_seeds=args.guard_seeds,
             gate=args.gate,
             lora=args.lora,
+            prompts_per_category=args.feedback_prompts or base.feedback.prompts_per_category,
         ),
         push_back=dataclasses.replace(
             base.push_back,

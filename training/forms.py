@@ -8,12 +8,14 @@ from training.ml.algorithm1.config import (
     DPOStageConfig,
     FeedbackStageConfig,
     PushBackConfig,
+    RaftStageConfig,
     RewardStageConfig,
     RoundConfig,
     RoundConfigError,
 )
 
 _R, _F, _P, _D = RewardStageConfig(), FeedbackStageConfig(), PushBackConfig(), DPOStageConfig()
+_RA = RaftStageConfig()
 
 
 class RoundForm(forms.Form):
@@ -32,7 +34,7 @@ class RoundForm(forms.Form):
         help_text="The gallery generator whose images the base model made (optional).",
     )
     objective = forms.ChoiceField(
-        choices=[("refl", "ReFL"), ("dpo", "Diffusion-DPO")],
+        choices=[("refl", "ReFL"), ("dpo", "Diffusion-DPO"), ("raft", "Reward-ranked fine-tuning")],
         required=False,
         initial="refl",
         widget=forms.RadioSelect,
@@ -40,8 +42,10 @@ class RoundForm(forms.Form):
             "How each iteration fine-tunes the model. ReFL climbs the reward models (guarded by the gate "
             "and the hacking guard). Diffusion-DPO learns straight from the experts' image pairs against "
             "the frozen current model, with no reward model in the loop (reward models are still trained: "
-            "they place the new samples in the rankings). Steps, learning rate, batch (pairs for DPO) "
-            "and LoRA apply to both."
+            "they place the new samples in the rankings). Reward-ranked fine-tuning draws several samples "
+            "of the current model per prompt, keeps the one the reward models rank first and trains on it "
+            "with the denoising loss (gate and hacking guard as for ReFL). Steps, learning rate, batch "
+            "(pairs for DPO) and LoRA apply to all three."
         ),
     )
     iterations = forms.IntegerField(min_value=1, max_value=10, initial=3)
@@ -117,6 +121,14 @@ class RoundForm(forms.Form):
         initial=_D.pair_weights,
         label="DPO: weight each pair by the share of experts who agree with it",
     )
+    raft_candidates = forms.IntegerField(
+        required=False,
+        min_value=2,
+        max_value=64,
+        initial=_RA.candidates,
+        label="Candidates per prompt",
+        help_text="Reward-ranked fine-tuning only: samples drawn per prompt; the reward models keep the best.",
+    )
     samples_per_prompt = forms.IntegerField(min_value=1, max_value=2, initial=_P.samples_per_prompt)
     share_of_prompts = forms.FloatField(min_value=0, max_value=1, initial=_P.share_of_prompts)
     prompts_per_category = forms.IntegerField(min_value=1, initial=_P.prompts_per_category)
@@ -156,10 +168,18 @@ class RoundForm(forms.Form):
                     prompts_per_category=data["prompts_per_category"],
                 ),
                 dpo=self._dpo(data),
+                raft=self._raft(data),
             )
         except RoundConfigError as exc:
             raise forms.ValidationError(str(exc)) from exc
         return data
+
+    @staticmethod
+    def _raft(data: dict) -> RaftStageConfig:
+        # As for DPO's settings: another objective never reads it, so it is not stored.
+        if data["objective"] != "raft" or data["raft_candidates"] is None:
+            return RaftStageConfig()
+        return RaftStageConfig(candidates=data["raft_candidates"])
 
     @staticmethod
     def _dpo(data: dict) -> DPOStageConfig:

@@ -292,7 +292,7 @@ def selection_curves(category_ids: list[int] | None = None) -> list[dict[str, ob
 
 
 def round_objective(training_round: TrainingRound) -> str:
-    """ "refl" or "dpo" (rounds stored before the choice existed were ReFL rounds)."""
+    """ "refl", "dpo" or "raft" (rounds stored before the choice existed were ReFL rounds)."""
     return (training_round.config or {}).get("objective", "refl")
 
 

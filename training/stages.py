@@ -582,7 +582,7 @@ def _register_finetuned(
     name, sha = artifact_store_dir(info.path, prefix="checkpoints/diffusion")
     base = context.training_round.base_generator
     base_name = base.name if base else ("World base" if family == "world" else Path(path).name)
-    method = "Diffusion-DPO" if config.objective == "dpo" else "ReFL"
+    method = {"dpo": "Diffusion-DPO", "raft": "Reward-ranked fine-tuning"}.get(config.objective, "ReFL")
     with transaction.atomic():
         generator, _ = Generator.objects.get_or_create(
             slug=slugify(f"{base_name}-round{context.training_round.pk}-it{context.iteration + 1}")[:80],

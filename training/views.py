@@ -208,7 +208,8 @@ def _figures(training_round: TrainingRound) -> list[dict[str, str]]:
             y_label="share",
         ),
     }
-    if selectors.round_objective(training_round) == "dpo":
+    objective = selectors.round_objective(training_round)
+    if objective == "dpo":
         # No reward is optimised, so there is no hacking signal or guard: the DPO loss and the implicit
         # reward accuracy on held-out pairs show what fine-tuning learned.
         return [*_dpo_figures(training_round), reward_accuracy, win_share]
@@ -219,7 +220,8 @@ def _figures(training_round: TrainingRound) -> list[dict[str, str]]:
             "svg": line_chart(
                 "Reward hacking signal: optimised vs held-out",
                 signal,
-                x_label="ReFL step",
+                # Reward-ranked fine-tuning has the same guard; its steps are denoising-loss steps.
+                x_label="ReFL step" if objective == "refl" else "fine-tuning step",
                 y_label="score",
                 markers=markers,
             ),

@@ -1,4 +1,4 @@
-"""The round form in real Chromium: the objective choice, and Diffusion-DPO's settings only with DPO."""
+"""The round form in real Chromium: the objective choice, and each objective's own settings only with it."""
 
 from __future__ import annotations
 
@@ -73,4 +73,21 @@ def test_with_refl_chosen_the_dpo_settings_are_hidden_and_not_applied(page, make
     assert training_round.config["objective"] == "refl"
     assert training_round.config["dpo"] == DPOStageConfig().__dict__
     expect(page.locator("[data-role=objective]")).to_have_text("ReFL")
+    assert page.console_errors == []
+
+
+def test_reward_ranked_fine_tuning_shows_only_its_candidates_and_starts_with_them(page, make_user):
+    _login_admin(page, make_user)
+    page.goto("/training/rounds/new/")
+    expect(page.locator("#id_raft_candidates")).to_be_hidden()
+    page.get_by_label("Reward-ranked fine-tuning").check()
+    expect(page.locator("#id_raft_candidates")).to_be_visible()
+    for selector in DPO_FIELDS:
+        expect(page.locator(selector)).to_be_hidden()
+    page.fill("#id_raft_candidates", "6")
+
+    training_round = _queue(page)
+
+    assert (training_round.config["objective"], training_round.config["raft"]) == ("raft", {"candidates": 6})
+    expect(page.locator("[data-role=objective]")).to_have_text("Reward-ranked fine-tuning (best of 6)")
     assert page.console_errors == []

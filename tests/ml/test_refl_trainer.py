@@ -241,6 +241,36 @@ def test_pretraining_denoising_loss_trains_even_without_reward_signal():
         ReFLTrainer(sd15(), cfg, {"red": redness}, PROMPTS)
 
 
+def test_a_denoising_only_step_skips_the_sampling_pass_and_trains_on_the_same_batches():
+    data = [
+        (p, torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i))) for i, p in enumerate(PROMPTS)
+    ]
+
+    def refuses(prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("a denoising-only step must not sample and score")
+
+    only = ReFLTrainer(
+        sd15(),
+        config(reward_scale=0.0, pretrain_loss_weight=1.0),
+        {"r": refuses},
+        PROMPTS,
+        pretrain_data=data,
+    )
+    assert only.denoising_only
+    first = only.train_step()
+    assert first["loss"] == pytest.approx(first["loss_pretrain"]) and "reward" not in first
+    # A step that does sample (a tiny reward weight) draws the same pretraining batch from the same noise.
+    sampling = ReFLTrainer(
+        sd15(),
+        config(reward_scale=1e-12, pretrain_loss_weight=1.0),
+        {"red": redness},
+        PROMPTS,
+        pretrain_data=data,
+    )
+    assert not sampling.denoising_only
+    assert sampling.train_step()["loss_pretrain"] == pytest.approx(first["loss_pretrain"], rel=1e-6)
+
+
 def test_kl_penalty_is_zero_at_the_reference_and_pulls_lora_back_towards_it():
     trainer = ReFLTrainer(
         sd15(), config(reward_scale=0.0, kl_weight=1.0, learning_rate=2e-2), {"red": redness}, PROMPTS

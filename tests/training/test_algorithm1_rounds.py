@@ -99,7 +99,9 @@ def _redraw(config: RoundConfig, policy, groups, iteration: int) -> list[str]:
 
 @celery_round
 @pytest.mark.parametrize(
-    ("lora", "objective"), [("on", "refl"), ("", "refl"), ("on", "dpo")], ids=["lora", "full", "dpo-lora"]
+    ("lora", "objective"),
+    [("on", "refl"), ("", "refl"), ("on", "dpo"), ("", "raft")],
+    ids=["lora", "full", "dpo-lora", "raft-full"],
 )
 def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
     celery_worker_process,
@@ -118,8 +120,12 @@ def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
     from training.stages import base_model, own_images, prompt_pools, write_training_pairs
 
     client.force_login(make_user("admin"))
-    dpo = {"objective": "dpo", "dpo_beta": 500} if objective == "dpo" else {}
-    training_round = _start_round(client, lora=lora, share_of_prompts=0.0, **dpo)
+    chosen = {
+        "refl": {},
+        "dpo": {"objective": "dpo", "dpo_beta": 500},
+        "raft": {"objective": "raft", "raft_candidates": 3},
+    }[objective]
+    training_round = _start_round(client, lora=lora, share_of_prompts=0.0, **chosen)
     training_round = _wait_status(
         wait_for, training_round.pk, {RoundStatus.AWAITING_RANKING, RoundStatus.DONE}
     )
@@ -167,6 +173,12 @@ def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
         assert app_refl.metrics["objective"] == "dpo" and app_refl.config["dpo"]["beta"] == 500
         recorded = training_round.events.filter(kind="metric", stage="dpo").order_by("step", "id")
         assert [e.data for e in recorded] == _jsonable(loop.finetuned.curve)
+    elif objective == "raft":
+        # The same best-of-3 samples trained the same weights; the page reads what the choice bought.
+        assert app_refl.metrics["objective"] == "raft" and app_refl.metrics["candidates"] == 3
+        assert app_refl.metrics["ranked_samples"] == len(loop_prompts_of(config, train_pool))
+        assert app_refl.config["refl"]["reward_scale"] == 0.0
+        assert loop.finetuned.checkpoint.metrics["last"]["loss_reward"] == 0.0
     else:
         assert app_refl.config["refl"]["pretrain_loss_weight"] == config.feedback.pretrain_loss_weight == 1.0
         assert loop.finetuned.checkpoint.metrics["last"]["loss_pretrain"] > 0
@@ -182,6 +194,12 @@ def test_a_rounds_first_iteration_on_the_worker_equals_the_loops_iteration(
     groups = [(img.prompt_id, img.prompt.text) for img in images]
     assert sorted(pid for pid, _ in groups) == sorted(sampled)
     assert _redraw(config, policy, groups, 0) == [img.sha256 for img in images]
+
+
+def loop_prompts_of(config: RoundConfig, train_pool) -> list[str]:
+    from training.ml.algorithm1.steps import refl_prompts
+
+    return refl_prompts(config, train_pool, {})[0]
 
 
 @celery_round

@@ -250,6 +250,73 @@ def test_a_refl_round_ignores_the_dpo_settings_posted_with_it_even_an_invalid_be
     assert config["dpo"] == DPOStageConfig().__dict__
 
 
+def test_an_admin_chooses_reward_ranked_fine_tuning_and_its_candidates_and_other_objectives_ignore_them(
+    client, make_user
+):
+    client.force_login(make_user("admin"))
+    page = client.get("/training/rounds/new/").content.decode()
+    assert "Reward-ranked fine-tuning" in page and 'name="raft_candidates"' in page
+    assert 'data-objective="raft"' in page
+    response = client.post("/training/rounds/new/", _form(objective="raft", raft_candidates="8"))
+    assert response.status_code == 302
+    config = TrainingRound.objects.get().config
+    assert (config["objective"], config["raft"]) == ("raft", {"candidates": 8})
+    assert "Reward-ranked fine-tuning (best of 8)" in client.get(response["Location"]).content.decode()
+    TrainingRound.objects.all().delete()
+    response = client.post("/training/rounds/new/", _form(objective="raft", raft_candidates="1"))
+    assert response.status_code == 400 and not TrainingRound.objects.exists()
+    # A ReFL round never reads the candidates: what the hidden field posted is not stored.
+    assert (
+        client.post("/training/rounds/new/", _form(objective="refl", raft_candidates="8")).status_code == 302
+    )
+    assert TrainingRound.objects.get().config["raft"] == {"candidates": 4}
+
+
+def test_a_raft_rounds_page_says_how_many_samples_trained_and_what_their_choice_bought(client, make_user):
+    import hashlib
+
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from training.models import DiffusionCheckpoint
+
+    r = round_create(
+        created_by=make_user("admin"),
+        categories=list(Category.objects.filter(slug="spatial")),
+        base_generator=None,
+        iterations=1,
+        config={"base_model": "synthetic-world", "objective": "raft", "raft": {"candidates": 4}},
+    )
+    data = b"raft checkpoint tar bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    DiffusionCheckpoint.objects.create(
+        training_round=r,
+        iteration=0,
+        file=default_storage.save(f"checkpoints/diffusion/{sha}.tar", ContentFile(data)),
+        sha256=sha,
+        metrics={
+            "objective": "raft",
+            "steps": 200,
+            "stop_reason": None,
+            "best_step": 150,
+            "candidates": 4,
+            "ranked_samples": 300,
+            "chosen_reward": 0.8123,
+            "candidate_reward": 0.2456,
+        },
+    )
+    from training.services import round_record_metric
+
+    for step, heldout in ((0, 0.61), (150, 0.66)):
+        guard = {"step": step, "reward": 0.3, "heldout": heldout}
+        round_record_metric(round_id=r.pk, stage="guard", iteration=0, step=step, data=guard)
+    client.force_login(make_user("researcher"))
+    page = client.get(f"/training/rounds/{r.pk}/").content.decode()
+    assert 'data-objective="raft"' in page and "200 steps on 300 samples" in page and "best of 4" in page
+    assert "kept step 150" in page and "0.812 vs 0.246" in page
+    assert "fine-tuning step" in page
+
+
 def _dpo_round_with_results(admin) -> TrainingRound:
     import hashlib
 

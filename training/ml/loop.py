@@ -45,7 +45,13 @@ from PIL import Image
 
 from rankmath.aggregation import aggregate, consensus_tie_groups
 from rankmath.pairs import pairs_from_ordering
-from training.ml.algorithm1.config import FeedbackStageConfig, PushBackConfig, RewardStageConfig, RoundConfig
+from training.ml.algorithm1.config import (
+    OBJECTIVES,
+    FeedbackStageConfig,
+    PushBackConfig,
+    RewardStageConfig,
+    RoundConfig,
+)
 from training.ml.algorithm1.gate import GateClosed
 from training.ml.algorithm1.steps import (
     FinetuneResult,
@@ -694,6 +700,8 @@ ROUND_FLAGS: dict[str, tuple[str | None, str]] = {
     "dpo_beta": ("dpo", "beta"),
     "dpo_pair_source": ("dpo", "pair_source"),
     "dpo_ties": ("dpo", "ties"),
+    "raft_candidates": ("raft", "candidates"),
+    "feedback_prompts_per_category": ("feedback", "prompts_per_category"),
     "reward_hidden": ("reward", "hidden_size"),
     "reward_layers": ("reward", "layers"),
     "reward_epochs": ("reward", "epochs"),
@@ -751,7 +759,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int)
     parser.add_argument(
-        "--objective", choices=("refl", "dpo"), help="fine-tuning objective: ReFL or Diffusion-DPO"
+        "--objective",
+        choices=OBJECTIVES,
+        help="fine-tuning objective: ReFL, Diffusion-DPO or reward-ranked fine-tuning (raft)",
+    )
+    parser.add_argument(
+        "--raft-candidates",
+        type=int,
+        help="samples per prompt the reward models choose from (objective raft)",
+    )
+    parser.add_argument(
+        "--feedback-prompts-per-category", type=int, help="training prompts per category of the fine-tuning"
     )
     parser.add_argument("--dpo-beta", type=float, help="Diffusion-DPO beta (objective dpo)")
     parser.add_argument(

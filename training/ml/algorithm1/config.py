@@ -3,7 +3,9 @@
 The app's round form fills it, ``python -m training.ml.loop`` and ``bench/refl_loop.py`` build it from
 flags, and :mod:`training.ml.algorithm1.steps` turns it into the reward-training, ReFL and Diffusion-DPO
 configs in one place. ``objective`` picks how p_k becomes p_{k+1}: ``"refl"`` (reward feedback learning
-on the reward models) or ``"dpo"`` (Diffusion-DPO straight from the experts' pairs, no reward model). Validated on construction; stored as JSON on the round and inside every checkpoint it produces.
+on the reward models), ``"dpo"`` (Diffusion-DPO straight from the experts' pairs, no reward model) or
+``"raft"`` (reward-ranked fine-tuning: the denoising loss on the best of N samples of p_k per prompt, as
+the reward models rank them). Validated on construction; stored as JSON on the round and inside every checkpoint it produces.
 Every field is read by a step.
 """
 
@@ -159,8 +161,22 @@ class PushBackConfig:
         _check(1 <= self.prompts_per_category <= 100_000, "prompts per category must be positive")
 
 
-OBJECTIVES = ("refl", "dpo")
+OBJECTIVES = ("refl", "dpo", "raft")
 DPO_PAIR_SOURCES = ("own", "gallery", "both")
+
+
+@dataclass(frozen=True)
+class RaftStageConfig:
+    """Reward-ranked fine-tuning (RAFT, Dong et al. 2023): p_k draws ``candidates`` samples for each of
+    the feedback prompts, the reward models (routed by category as in ReFL) keep the best one, and the
+    denoising loss trains p_{k+1} on the kept samples. Steps, learning rate, batch, LoRA, guidance,
+    sampling steps, the gate and the guard come from the ``feedback`` section, so the objectives spend the
+    same budget; the reward scale, late steps and pretraining images are ReFL's and unread here."""
+
+    candidates: int = 4
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.candidates <= 64, "reward-ranked fine-tuning needs between 2 and 64 candidates")
 
 
 @dataclass(frozen=True)
@@ -195,17 +211,22 @@ class DPOStageConfig:
 class RoundConfig:
     base_model: str = SYNTHETIC_BASE
     seed: int = 0
-    # How p_k becomes p_{k+1}: "refl" (reward feedback learning) or "dpo" (Diffusion-DPO on the pairs).
+    # How p_k becomes p_{k+1}: "refl" (reward feedback learning), "dpo" (Diffusion-DPO on the pairs) or
+    # "raft" (the denoising loss on the reward models' best of N samples).
     objective: str = "refl"
     reward: RewardStageConfig = field(default_factory=RewardStageConfig)
     feedback: FeedbackStageConfig = field(default_factory=FeedbackStageConfig)
     push_back: PushBackConfig = field(default_factory=PushBackConfig)
     dpo: DPOStageConfig = field(default_factory=DPOStageConfig)
+    raft: RaftStageConfig = field(default_factory=RaftStageConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.base_model), "name a base model: a local diffusers folder or the synthetic world")
         _check(0 <= self.seed < 2**31, "seed must be a non-negative 31-bit integer")
-        _check(self.objective in OBJECTIVES, "objective must be 'refl' (ReFL) or 'dpo' (Diffusion-DPO)")
+        _check(
+            self.objective in OBJECTIVES,
+            "objective must be 'refl' (ReFL), 'dpo' (Diffusion-DPO) or 'raft' (reward-ranked fine-tuning)",
+        )
 
     @property
     def is_synthetic(self) -> bool:
@@ -228,6 +249,7 @@ class RoundConfig:
             feedback=_sub(FeedbackStageConfig, data.get("feedback", {}), "feedback"),
             push_back=_sub(PushBackConfig, data.get("push_back", {}), "push_back"),
             dpo=_sub(DPOStageConfig, data.get("dpo", {}), "dpo"),
+            raft=_sub(RaftStageConfig, data.get("raft", {}), "raft"),
         )
 
 

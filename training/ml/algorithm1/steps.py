@@ -7,7 +7,8 @@ what is trained and how is decided here, once:
 
 - ``reward_train_config`` / ``refl_config``: the round configuration → the ML cores' configs;
 - ``train_reward``: one category's reward model on D_k's pairs;
-- ``finetune``: p_k → p_{k+1} by multi-reward ReFL (pretraining loss, hacking guard);
+- ``finetune``: p_k → p_{k+1} by multi-reward ReFL (pretraining loss, hacking guard), or by reward-ranked
+  fine-tuning (``reward_ranked_samples``: the denoising loss on the reward models' best of N samples);
 - ``dpo_pairs`` / ``finetune_dpo``: p_k → p_{k+1} by Diffusion-DPO on the experts' pairs (the round's
   ``objective``), against p_k as the frozen reference;
 - ``load_policy``: p_k = the base model with every earlier iteration's checkpoint applied in order
@@ -23,6 +24,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,14 +35,15 @@ import torch
 from rankmath.pairs import insert_by_score
 from training.ml.algorithm1.config import RoundConfig
 from training.ml.algorithm1.gate import GateClosed, PairAccuracy, gate_reason, pair_accuracy, split_own_pairs
-from training.ml.common import CheckpointError, CheckpointInfo, ProgressCallback
+from training.ml.common import CheckpointError, CheckpointInfo, ProgressCallback, report_progress
 from training.ml.distributed import is_main_process
 from training.ml.dpo.config import DPOConfig
 from training.ml.dpo.trainer import CHECKPOINT_KIND as DPO_CHECKPOINT_KIND
 from training.ml.dpo.trainer import DPOTrainer
 from training.ml.refl.adapters import DiffusionAdapter
+from training.ml.refl.best_of_n import best_of_n
 from training.ml.refl.config import GuardConfig, LoRASettings, ReFLConfig
-from training.ml.refl.sampler import initial_noise, sample
+from training.ml.refl.sampler import eval_mode, initial_noise, sample
 from training.ml.refl.stage import (
     ADAPTER_LOADERS,
     ReFLStageConfig,
@@ -145,8 +148,9 @@ def refl_config(config: RoundConfig, iteration: int, guard: bool) -> ReFLConfig:
         max_steps=fb.steps,
         learning_rate=fb.learning_rate,
         weight_decay=fb.weight_decay,
-        reward_scale=fb.reward_scale,
-        pretrain_loss_weight=fb.pretrain_loss_weight,
+        # Reward-ranked fine-tuning trains on the denoising loss alone: its data carry the rewards' choice.
+        reward_scale=0.0 if config.objective == "raft" else fb.reward_scale,
+        pretrain_loss_weight=1.0 if config.objective == "raft" else fb.pretrain_loss_weight,
         train_mode="lora" if fb.lora else "full",
         lora=LoRASettings(rank=fb.lora_rank),
         seed=config.seed + iteration,
@@ -404,7 +408,8 @@ def pretrain_data(
     from PostgreSQL); a diffusers base has no other source of correct images here.
     """
     fb = config.feedback
-    if fb.pretrain_loss_weight == 0:
+    if fb.pretrain_loss_weight == 0 or config.objective == "raft":
+        # Reward-ranked fine-tuning draws its denoising data from p_k itself (``reward_ranked_samples``).
         return None
     if family == "world":
         return world_pretrain_data(fb.pretrain_images, config.seed + iteration)
@@ -458,6 +463,18 @@ def finetune(
             raise ValueError("routing rewards by category needs each prompt's category")
         loaded = load_reward_fns(sources)
         reward_fns = {"routed": RewardSpec(routed_reward({n: r.fn for n, r in loaded.items()}, categories))}
+    adapter = load_policy(family, base_path, chain)
+    ranked = None
+    if config.objective == "raft":
+        ranked = reward_ranked_samples(
+            config,
+            adapter,
+            reward_fns if reward_fns is not None else load_reward_fns(sources),
+            prompts,
+            iteration,
+            progress=progress,
+        )
+        pretrain = ranked.samples
     curve: list[dict[str, float]] = []
 
     def record(step: int, total: int, metrics: Mapping[str, float]) -> bool | None:
@@ -477,13 +494,100 @@ def finetune(
             prompts=list(prompts),
             validation_prompts=list(validation_prompts) or list(prompts)[:8],
             pretrain_data=pretrain,
-            adapter=load_policy(family, base_path, chain),
+            adapter=adapter,
             reward_fns=reward_fns,
             heldout=heldout,
         ),
         record,
     )
+    if ranked is not None:
+        info = dataclasses.replace(info, metrics={**info.metrics, **ranked.metrics(config.raft.candidates)})
     return FinetuneResult(info, curve)
+
+
+RAFT_NOISE_STREAM = 7_000_003
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardRankedSamples:
+    samples: list[tuple[str, torch.Tensor]]  # (prompt, the chosen image [3, H, W] in [0, 1])
+    chosen_reward: float  # mean reward of the chosen samples
+    candidate_reward: float  # mean reward of every candidate: the difference is what the choice bought
+
+    def metrics(self, candidates: int) -> dict[str, float | int | str]:
+        return {
+            "objective": "raft",
+            "candidates": candidates,
+            "ranked_samples": len(self.samples),
+            "chosen_reward": self.chosen_reward,
+            "candidate_reward": self.candidate_reward,
+        }
+
+
+@torch.no_grad()
+def reward_ranked_samples(
+    config: RoundConfig,
+    policy: DiffusionAdapter,
+    rewards: Mapping[str, RewardSpec],
+    prompts: Sequence[str],
+    iteration: int,
+    progress: ProgressCallback | None = None,
+    batch_size: int = 16,
+) -> RewardRankedSamples:
+    """Reward-ranked fine-tuning's data: for each prompt, the best of ``raft.candidates`` samples of p_k
+    (the round's guidance and sampling steps) by the summed reward functions (one routed reward when the
+    round routes by category). The noise is fixed by (seed, iteration), so every process of a
+    multi-process run draws the same data."""
+    if not prompts:
+        raise ValueError("reward-ranked fine-tuning needs training prompts")
+    fb = config.feedback
+    n = config.raft.candidates
+    height, width = policy.default_size
+    generator = torch.Generator().manual_seed(config.seed * RAFT_NOISE_STREAM + iteration)
+    if torch.cuda.is_available():
+        # Sample where the model will train (this process's GPU under a multi-process launch); the reward
+        # models score on the CPU they were loaded on. Initial noise is drawn on the CPU either way.
+        policy.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+    fns = {name: _scored_on_cpu(spec.score) for name, spec in rewards.items()}
+    weights = {name: spec.weight for name, spec in rewards.items()}
+    per_chunk = max(1, batch_size // n)
+    data: list[tuple[str, torch.Tensor]] = []
+    chosen_scores: list[torch.Tensor] = []
+    all_scores: list[torch.Tensor] = []
+    with eval_mode(policy.unet):
+        for start in range(0, len(prompts), per_chunk):
+            chunk = list(prompts[start : start + per_chunk])
+            chosen = best_of_n(
+                policy,
+                chunk,
+                n,
+                fns,
+                weights,
+                num_inference_steps=fb.sampling_steps,
+                guidance_scale=fb.guidance_scale,
+                height=height,
+                width=width,
+                generator=generator,
+                batch_size=batch_size,
+            )
+            data += [(p, image.detach().float().cpu()) for p, image in zip(chunk, chosen.images, strict=True)]
+            chosen_scores.append(chosen.scores.max(dim=1).values.cpu())
+            all_scores.append(chosen.scores.flatten().cpu())
+            # Sampling is most of the stage's time: report it (the worker's heartbeat rides on it). A stop
+            # request ends sampling here; the trainer then sees it at its first step and stops there too.
+            if not report_progress(progress, len(data), len(prompts), {"ranked_prompts": float(len(data))}):
+                break
+    return RewardRankedSamples(
+        data, float(torch.cat(chosen_scores).mean()), float(torch.cat(all_scores).mean())
+    )
+    return data
+
+
+def _scored_on_cpu(fn: RewardFn) -> RewardFn:
+    def score(prompts: list[str], images: torch.Tensor) -> torch.Tensor:
+        return fn(prompts, images.float().cpu())
+
+    return score
 
 
 def sample_seeds(config: RoundConfig, prompt_id: int, count: int, iteration: int) -> list[int]:

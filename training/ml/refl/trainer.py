@@ -215,6 +215,13 @@ class ReFLTrainer:
             yield unet
 
     @property
+    def denoising_only(self) -> bool:
+        """Only the denoising loss trains (reward scale 0, no KL): the pretraining-loss-only control, and
+        reward-ranked fine-tuning, whose denoising data are the reward models' chosen samples."""
+        cfg = self.config
+        return cfg.reward_scale == 0 and cfg.kl_weight == 0 and cfg.pretrain_loss_weight > 0
+
+    @property
     def reward_weights(self) -> dict[str, float]:
         return {n: s.weight for n, s in self.rewards.items()}
 
@@ -276,23 +283,35 @@ class ReFLTrainer:
         # Dropout (e.g. LoRA dropout) draws from the global RNG: seed it per step for exact resumption.
         with torch.random.fork_rng(devices=_cuda_devices()), acc.autocast():
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-            forward = refl_forward(
-                self.adapter,
-                cond,
-                latents,
-                num_inference_steps=cfg.num_inference_steps,
-                stop_index=stop_index,
-                guidance_scale=cfg.guidance_scale,
-                eta=cfg.eta,
-                generator=generator,
-                unet=self.unet_for_training,
-            )
-            rewards = self._score(prompts, forward.images)
-            loss_reward = weighted_reward_loss(
-                rewards, self.reward_weights, scale=cfg.reward_scale, phi_name=cfg.phi, margin=cfg.phi_margin
-            )
+            rewards: dict[str, torch.Tensor] = {}
+            loss_reward = torch.zeros((), device=acc.device)
+            if self.denoising_only:
+                # Nothing reads the sampled x0 (no reward, no KL term): skip the costly sampling pass.
+                # The draws above are made all the same, so the pretraining batches match a run that sampled.
+                forward = None
+            else:
+                forward = refl_forward(
+                    self.adapter,
+                    cond,
+                    latents,
+                    num_inference_steps=cfg.num_inference_steps,
+                    stop_index=stop_index,
+                    guidance_scale=cfg.guidance_scale,
+                    eta=cfg.eta,
+                    generator=generator,
+                    unet=self.unet_for_training,
+                )
+                rewards = self._score(prompts, forward.images)
+                loss_reward = weighted_reward_loss(
+                    rewards,
+                    self.reward_weights,
+                    scale=cfg.reward_scale,
+                    phi_name=cfg.phi,
+                    margin=cfg.phi_margin,
+                )
             loss = loss_reward
             if cfg.kl_weight > 0:
+                assert forward is not None
                 loss_kl = self._kl(forward.x_t, forward.timestep, cond, forward.prediction)
                 loss = loss + cfg.kl_weight * loss_kl
                 metrics["loss_kl"] = float(loss_kl.detach())
@@ -315,7 +334,8 @@ class ReFLTrainer:
         metrics["loss_reward"] = float(loss_reward.detach())
         for name, value in rewards.items():
             metrics[f"reward/{name}"] = float(value.detach().mean())
-        metrics["reward"] = float(weighted_reward(rewards, self.reward_weights).detach().mean())
+        if rewards:
+            metrics["reward"] = float(weighted_reward(rewards, self.reward_weights).detach().mean())
         # Means over equal shares: their mean is the combined batch's (lr, stop index and norm are shared).
         metrics = mean_across(acc, metrics)
         self.last_metrics = metrics
