@@ -443,8 +443,11 @@ def finetune(
     heldout: RewardFn | None = None,
     progress: ProgressCallback | None = None,
     reward_metrics: Mapping[str, Mapping[str, Any]] | None = None,
+    ranked: RewardRankedSamples | None = None,
 ) -> FinetuneResult:
-    """p_k → p_{k+1}: multi-reward ReFL from p_k (base + ``chain``) on the reward checkpoints given.
+    """p_k → p_{k+1}: multi-reward ReFL from p_k (base + ``chain``) on the reward checkpoints given, or with
+    objective ``raft`` the denoising loss on the reward models' best of N samples of p_k (drawn here, or
+    ``ranked``: the same call's draws made earlier, as a sweep over fine-tuning settings reuses them).
 
     ``reward_metrics`` (category → the reward checkpoint's metrics) feed the gate; :class:`GateClosed`
     is raised, before any training, when it is closed.
@@ -463,9 +466,10 @@ def finetune(
             raise ValueError("routing rewards by category needs each prompt's category")
         loaded = load_reward_fns(sources)
         reward_fns = {"routed": RewardSpec(routed_reward({n: r.fn for n, r in loaded.items()}, categories))}
+    if ranked is not None and config.objective != "raft":
+        raise ValueError("reward-ranked samples train only a round whose objective is 'raft'")
     adapter = load_policy(family, base_path, chain)
-    ranked = None
-    if config.objective == "raft":
+    if config.objective == "raft" and ranked is None:
         ranked = reward_ranked_samples(
             config,
             adapter,
@@ -474,6 +478,7 @@ def finetune(
             iteration,
             progress=progress,
         )
+    if ranked is not None:
         pretrain = ranked.samples
     curve: list[dict[str, float]] = []
 

@@ -1,0 +1,181 @@
+"""Reward-ranked fine-tuning settings on one loop run's reward models: the oracle of p_1 per setting.
+
+RAFT's learning rate and length decide whether the denoising loss on the reward models' best-of-N samples
+moves the world model at all, or so far that it forgets. This takes a finished loop run
+(``bench/refl_loop.py``), its iteration-0 reward models R_0 and D_0's prompts, draws the best-of-N samples
+of p_0 once with ``steps.reward_ranked_samples`` — the draws an app round with objective ``raft`` makes —
+and for each setting runs ``steps.finetune`` (the app's feedback stage and the loop's step) on them, guard
+off so the last step is what is measured, then scores p_1 against p_0 with the oracle on the learning-validity
+bench's held-out prompts (same noise, paired bootstrap by prompt). The oracle only measures; nothing trains
+on it, and no held-out prompt is a training prompt.
+
+    .venv/bin/python bench/raft_sweep.py --loop-dir /work/runs/raft1 --candidates 4 --prompts 100 \\
+        --setting 5e-5:200:8 --setting 1e-4:200:8 --setting 2e-4:200:8
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from refl_loop import eval_set, generate, hacking_stats, paired_bootstrap, summarise  # noqa: E402
+
+from training.ml.algorithm1.config import RaftStageConfig, RoundConfig  # noqa: E402
+from training.ml.algorithm1.steps import (  # noqa: E402
+    finetune,
+    load_policy,
+    prompt_categories,
+    refl_prompts,
+    reward_ranked_samples,
+    routed_reward,
+)
+from training.ml.refl.stage import RewardSource, load_reward_fns  # noqa: E402
+from training.ml.refl.trainer import RewardSpec  # noqa: E402
+from training.ml.refl.world_adapter import oracle_evaluator  # noqa: E402
+from training.ml.world.vocab import REWARD_CATEGORY  # noqa: E402
+
+LABELS = {"AB": "attribute_binding", "SP": "spatial", "NS": "non_spatial"}
+
+
+def parse_setting(text: str) -> tuple[float, int, int]:
+    lr, steps, batch = text.split(":")
+    return float(lr), int(steps), int(batch)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--loop-dir", type=Path, required=True)
+    parser.add_argument(
+        "--setting", action="append", type=parse_setting, required=True, help="lr:steps:batch"
+    )
+    parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=100, help="feedback prompts per category")
+    parser.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
+    parser.add_argument("--eval-per-sub", type=int, default=48)
+    parser.add_argument("--eval-seeds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "raft_sweep.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+
+    loop = json.loads((args.loop_dir / "config.json").read_text())
+    base_path = loop["base_model_path"]
+    base_round = RoundConfig.from_dict(loop["round"])
+    config = dataclasses.replace(
+        base_round,
+        objective="raft",
+        raft=RaftStageConfig(args.candidates),
+        feedback=dataclasses.replace(
+            base_round.feedback, prompts_per_category=args.prompts, guard_every=0, gate="off", lora=args.lora
+        ),
+    )
+    fb = config.feedback
+    # D_0's prompts by category, as the loop's first iteration saw them (its rankings, saved before training).
+    train: dict[str, list[str]] = {}
+    for entry in json.loads((args.loop_dir / "iter_0" / "rankings.json").read_text())["rankings"]:
+        train.setdefault(REWARD_CATEGORY[entry["subcategory"]], []).append(entry["prompt"])
+    prompts, _ = refl_prompts(config, train, {})
+    categories = prompt_categories(train)
+    reward_dir = args.loop_dir / "iter_0" / "reward"
+    rewards = {c: reward_dir / c for c in sorted(train)}
+
+    items = eval_set(args.eval_per_sub, args.eval_seeds)
+    eval_prompts = [p for p, _, _ in items]
+    assert not set(eval_prompts) & set(prompts), "held-out prompts leaked into the training prompts"
+    base_images = generate(load_policy("world", base_path), items, fb.sampling_steps, fb.guidance_scale)
+    base_oracle = oracle_evaluator(eval_prompts, base_images).tolist()
+    print(f"p_0: {summarise(items, base_oracle)} on {len(items)} images [{time.perf_counter() - t0:.0f} s]")
+
+    loaded = load_reward_fns(tuple(RewardSource(c, str(p), 1.0) for c, p in rewards.items()))
+    routed = {"routed": RewardSpec(routed_reward({n: r.fn for n, r in loaded.items()}, categories))}
+    started = time.perf_counter()
+    ranked = reward_ranked_samples(config, load_policy("world", base_path), routed, prompts, 0)
+    sampling_seconds = round(time.perf_counter() - started, 1)
+    print(
+        f"{len(ranked.samples)} prompts, best of {args.candidates}: reward {ranked.chosen_reward:+.3f} kept vs "
+        f"{ranked.candidate_reward:+.3f} over all candidates ({sampling_seconds:.0f} s)",
+        flush=True,
+    )
+
+    results = []
+    for lr, steps, batch in args.setting:
+        setting = dataclasses.replace(
+            config, feedback=dataclasses.replace(fb, learning_rate=lr, steps=steps, batch_size=batch)
+        )
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = finetune(
+                setting,
+                family="world",
+                base_path=base_path,
+                chain=[],
+                rewards=rewards,
+                prompts=prompts,
+                validation_prompts=[],
+                output_dir=tmp,
+                iteration=0,
+                categories=categories,
+                ranked=ranked,
+            )
+            policy = load_policy("world", base_path, [result.checkpoint.path])
+            images = generate(policy, items, fb.sampling_steps, fb.guidance_scale)
+        oracle = oracle_evaluator(eval_prompts, images).tolist()
+        diff = paired_bootstrap(items, base_oracle, oracle, reps=2000, seed=0)
+        row = {
+            "learning_rate": lr,
+            "steps": steps,
+            "batch_size": batch,
+            "lora": args.lora,
+            "final_loss": result.checkpoint.metrics["last"].get("loss"),
+            "oracle": summarise(items, oracle),
+            "oracle_gain": diff,
+            "hacking": hacking_stats(items, images),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        results.append(row)
+        d = diff["overall"]
+        per = " ".join(f"{label} {diff[c]['diff']:+.3f}" for label, c in LABELS.items())
+        print(
+            f"lr {lr:g} steps {steps} batch {batch}: oracle {row['oracle']['overall']:.3f} gain {d['diff']:+.3f} "
+            f"[{d['lo']:+.3f}, {d['hi']:+.3f}] ({per}); extras {row['hacking']['extra_objects']:.3f} "
+            f"({row['seconds']:.0f} s)",
+            flush=True,
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "loop_dir": str(args.loop_dir),
+                "candidates": args.candidates,
+                "train_prompts": len(prompts),
+                "chosen_reward": ranked.chosen_reward,
+                "candidate_reward": ranked.candidate_reward,
+                "sampling_seconds": sampling_seconds,
+                "eval_images": len(items),
+                "p0": summarise(items, base_oracle),
+                "p0_hacking": hacking_stats(items, base_images),
+                "settings": results,
+                "seconds": round(time.perf_counter() - t0, 1),
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {args.out} ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

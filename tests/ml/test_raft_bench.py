@@ -1,0 +1,75 @@
+"""bench/refl_loop.py --objective raft and bench/raft_sweep.py at toy size: one loop run, then the sweep on
+its reward models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True, timeout=900
+    )
+
+
+def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_reward_models(tmp_path):
+    tag = f"_pytest_raft{os.getpid()}"
+    loop = tmp_path / "loop"
+    args = "--iterations 1 --prompts-per-category 6 --gallery-seeds 1 --reward-epochs 1 --refl-steps 3"
+    args += " --val-per-sub 1 --sample-prompts 6 --eval-per-sub 2 --eval-seeds 1 --guard-every 2 --steps 4"
+    args += " --bootstrap 50 --own-groups-per-category 2 --own-group-size 3 --guidance 3 --refl-lr 1e-4"
+    args += " --objective raft --raft-candidates 3 --feedback-prompts 2 --skip-baselines --gate off"
+    out = ROOT / "bench" / "out"
+    try:
+        _run("bench/refl_loop.py", "--loop-dir", str(loop), "--tag", tag, *args.split())
+    finally:
+        for path in out.glob(f"refl_loop{tag}*"):
+            path.unlink()
+    metrics = json.loads((loop / "iter_0" / "metrics.json").read_text())
+    assert metrics["objective"] == "raft" and metrics["refl"]["steps"] == 3
+    # Two prompts per category, three categories: six kept samples, each the best of three.
+    assert (metrics["refl"]["ranked_samples"], metrics["refl"]["candidates"]) == (6, 3)
+
+    target = tmp_path / "sweep.json"
+    sweep = _run(
+        "bench/raft_sweep.py",
+        "--loop-dir",
+        str(loop),
+        "--candidates",
+        "2",
+        "--prompts",
+        "2",
+        "--setting",
+        "1e-4:2:4",
+        "--setting",
+        "2e-4:3:2",
+        "--eval-per-sub",
+        "1",
+        "--eval-seeds",
+        "1",
+        "--out",
+        str(target),
+    )
+    result = json.loads(target.read_text())
+    assert result["train_prompts"] == 6 and result["candidates"] == 2
+    assert result["chosen_reward"] >= result["candidate_reward"]
+    assert [(s["learning_rate"], s["steps"], s["batch_size"]) for s in result["settings"]] == [
+        (1e-4, 2, 4),
+        (2e-4, 3, 2),
+    ]
+    for setting in result["settings"]:
+        gain = setting["oracle_gain"]["overall"]
+        assert gain["lo"] <= gain["diff"] <= gain["hi"]
+        assert setting["oracle"]["overall"] == pytest.approx(result["p0"]["overall"] + gain["diff"])
+    assert "best of 2" in sweep.stdout
