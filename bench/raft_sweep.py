@@ -29,7 +29,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from refl_loop import eval_set, generate, hacking_stats, paired_bootstrap, summarise  # noqa: E402
+from refl_loop import (  # noqa: E402
+    EVAL_NOISE_BASE,
+    eval_set,
+    generate,
+    hacking_stats,
+    paired_bootstrap,
+    summarise,
+)
 
 from training.ml.algorithm1.config import RaftStageConfig, RoundConfig  # noqa: E402
 from training.ml.algorithm1.steps import (  # noqa: E402
@@ -40,6 +47,7 @@ from training.ml.algorithm1.steps import (  # noqa: E402
     reward_ranked_samples,
     routed_reward,
 )
+from training.ml.refl.best_of_n import best_of_n  # noqa: E402
 from training.ml.refl.stage import RewardSource, load_reward_fns  # noqa: E402
 from training.ml.refl.trainer import RewardSpec  # noqa: E402
 from training.ml.refl.world_adapter import oracle_evaluator  # noqa: E402
@@ -66,6 +74,12 @@ def main() -> None:
     parser.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
     parser.add_argument("--eval-per-sub", type=int, default=48)
     parser.add_argument("--eval-seeds", type=int, default=2)
+    parser.add_argument(
+        "--best-of",
+        type=int,
+        default=0,
+        help="also rerank N samples of p_0 by R_0 (the loop bench's baseline)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "raft_sweep.json")
     args = parser.parse_args()
@@ -110,6 +124,37 @@ def main() -> None:
         f"{ranked.candidate_reward:+.3f} over all candidates ({sampling_seconds:.0f} s)",
         flush=True,
     )
+
+    baseline = None
+    if args.best_of > 1:
+        # The comparator RAFT distils: best-of-N reranking by the same reward models on the held-out prompts,
+        # drawn exactly as bench/refl_loop.py draws its best-of-N baseline.
+        eval_routed = routed_reward(
+            {n: r.fn for n, r in loaded.items()}, {p: REWARD_CATEGORY[sub] for p, sub, _ in items}
+        )
+        chosen = best_of_n(
+            load_policy("world", base_path),
+            eval_prompts,
+            args.best_of,
+            {"routed": eval_routed},
+            num_inference_steps=fb.sampling_steps,
+            guidance_scale=fb.guidance_scale,
+            generator=torch.Generator().manual_seed(EVAL_NOISE_BASE + 1),
+            batch_size=16,
+        )
+        oracle = oracle_evaluator(eval_prompts, chosen.images).tolist()
+        baseline = {
+            "n": args.best_of,
+            "oracle": summarise(items, oracle),
+            "oracle_gain": paired_bootstrap(items, base_oracle, oracle, reps=2000, seed=0),
+            "hacking": hacking_stats(items, chosen.images),
+        }
+        d = baseline["oracle_gain"]["overall"]
+        print(
+            f"p_0 best-of-{args.best_of} by R_0: gain {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] "
+            f"[{time.perf_counter() - t0:.0f} s]",
+            flush=True,
+        )
 
     results = []
     for lr, steps, batch in args.setting:
@@ -168,6 +213,7 @@ def main() -> None:
                 "eval_images": len(items),
                 "p0": summarise(items, base_oracle),
                 "p0_hacking": hacking_stats(items, base_images),
+                "best_of_n": baseline,
                 "settings": results,
                 "seconds": round(time.perf_counter() - t0, 1),
             },

@@ -58,6 +58,8 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
         "1",
         "--eval-seeds",
         "1",
+        "--best-of",
+        "2",
         "--out",
         str(target),
     )
@@ -73,3 +75,9 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
         assert gain["lo"] <= gain["diff"] <= gain["hi"]
         assert setting["oracle"]["overall"] == pytest.approx(result["p0"]["overall"] + gain["diff"])
     assert "best of 2" in sweep.stdout
+    # The comparator on the same held-out images: best-of-2 reranking of p_0 by the same reward models.
+    best = result["best_of_n"]
+    assert best["n"] == 2
+    assert best["oracle"]["overall"] == pytest.approx(
+        result["p0"]["overall"] + best["oracle_gain"]["overall"]["diff"]
+    )
