@@ -40,6 +40,7 @@ from refl_loop import (  # noqa: E402
 
 from training.ml.algorithm1.config import RaftStageConfig, RoundConfig  # noqa: E402
 from training.ml.algorithm1.steps import (  # noqa: E402
+    RewardRankedSamples,
     finetune,
     load_policy,
     prompt_categories,
@@ -56,9 +57,36 @@ from training.ml.world.vocab import REWARD_CATEGORY  # noqa: E402
 LABELS = {"AB": "attribute_binding", "SP": "spatial", "NS": "non_spatial"}
 
 
-def parse_setting(text: str) -> tuple[float, int, int]:
-    lr, steps, batch = text.split(":")
-    return float(lr), int(steps), int(batch)
+def parse_setting(text: str) -> tuple[float, int, int, float]:
+    lr, steps, batch, *dropout = text.split(":")
+    return (
+        float(lr),
+        int(steps),
+        int(batch),
+        float(dropout[0]) if dropout else RaftStageConfig().caption_dropout,
+    )
+
+
+def ranked_samples(path: Path | None, draw) -> RewardRankedSamples:
+    """The best-of-N draws, from ``path`` when an earlier sweep over the same loop run saved them there."""
+    if path is not None and path.exists():
+        saved = torch.load(path)
+        return RewardRankedSamples(
+            list(zip(saved["prompts"], saved["images"], strict=True)), saved["chosen"], saved["candidates"]
+        )
+    ranked = draw()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "prompts": [p for p, _ in ranked.samples],
+                "images": [i for _, i in ranked.samples],
+                "chosen": ranked.chosen_reward,
+                "candidates": ranked.candidate_reward,
+            },
+            path,
+        )
+    return ranked
 
 
 def main() -> None:
@@ -67,7 +95,14 @@ def main() -> None:
     )
     parser.add_argument("--loop-dir", type=Path, required=True)
     parser.add_argument(
-        "--setting", action="append", type=parse_setting, required=True, help="lr:steps:batch"
+        "--setting",
+        action="append",
+        type=parse_setting,
+        required=True,
+        help="lr:steps:batch[:caption dropout]",
+    )
+    parser.add_argument(
+        "--samples-cache", type=Path, help="save the best-of-N draws here, or reuse them (same loop run)"
     )
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--prompts", type=int, default=100, help="feedback prompts per category")
@@ -117,7 +152,11 @@ def main() -> None:
     loaded = load_reward_fns(tuple(RewardSource(c, str(p), 1.0) for c, p in rewards.items()))
     routed = {"routed": RewardSpec(routed_reward({n: r.fn for n, r in loaded.items()}, categories))}
     started = time.perf_counter()
-    ranked = reward_ranked_samples(config, load_policy("world", base_path), routed, prompts, 0)
+    ranked = ranked_samples(
+        args.samples_cache,
+        lambda: reward_ranked_samples(config, load_policy("world", base_path), routed, prompts, 0),
+    )
+    assert [p for p, _ in ranked.samples] == prompts, "the cached draws are of other prompts"
     sampling_seconds = round(time.perf_counter() - started, 1)
     print(
         f"{len(ranked.samples)} prompts, best of {args.candidates}: reward {ranked.chosen_reward:+.3f} kept vs "
@@ -157,9 +196,11 @@ def main() -> None:
         )
 
     results = []
-    for lr, steps, batch in args.setting:
+    for lr, steps, batch, dropout in args.setting:
         setting = dataclasses.replace(
-            config, feedback=dataclasses.replace(fb, learning_rate=lr, steps=steps, batch_size=batch)
+            config,
+            feedback=dataclasses.replace(fb, learning_rate=lr, steps=steps, batch_size=batch),
+            raft=dataclasses.replace(config.raft, caption_dropout=dropout),
         )
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
@@ -184,6 +225,7 @@ def main() -> None:
             "learning_rate": lr,
             "steps": steps,
             "batch_size": batch,
+            "caption_dropout": dropout,
             "lora": args.lora,
             "final_loss": result.checkpoint.metrics["last"].get("loss"),
             "oracle": summarise(items, oracle),
@@ -195,7 +237,7 @@ def main() -> None:
         d = diff["overall"]
         per = " ".join(f"{label} {diff[c]['diff']:+.3f}" for label, c in LABELS.items())
         print(
-            f"lr {lr:g} steps {steps} batch {batch}: oracle {row['oracle']['overall']:.3f} gain {d['diff']:+.3f} "
+            f"lr {lr:g} steps {steps} batch {batch} dropout {dropout:g}: oracle {row['oracle']['overall']:.3f} gain {d['diff']:+.3f} "
             f"[{d['lo']:+.3f}, {d['hi']:+.3f}] ({per}); extras {row['hacking']['extra_objects']:.3f} "
             f"({row['seconds']:.0f} s)",
             flush=True,

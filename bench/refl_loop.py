@@ -396,6 +396,9 @@ def main() -> None:
         "--raft-candidates", type=int, default=4, help="samples per prompt the reward models choose from"
     )
     parser.add_argument(
+        "--raft-caption-dropout", type=float, default=0.1, help="share of empty captions in RAFT's loss"
+    )
+    parser.add_argument(
         "--feedback-prompts",
         type=int,
         default=None,
@@ -424,7 +427,9 @@ def main() -> None:
         dpo=dataclasses.replace(
             base.dpo, beta=args.dpo_beta, pair_source=args.dpo_pair_source, ties=args.dpo_ties
         ),
-        raft=dataclasses.replace(base.raft, candidates=args.raft_candidates),
+        raft=dataclasses.replace(
+            base.raft, candidates=args.raft_candidates, caption_dropout=args.raft_caption_dropout
+        ),
         reward=dataclasses.replace(
             base.reward,
             backbone=args.backbone,

@@ -129,6 +129,17 @@ class RoundForm(forms.Form):
         label="Candidates per prompt",
         help_text="Reward-ranked fine-tuning only: samples drawn per prompt; the reward models keep the best.",
     )
+    raft_caption_dropout = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=0.99,
+        initial=_RA.caption_dropout,
+        label="Caption dropout",
+        help_text=(
+            "Reward-ranked fine-tuning only: share of captions left empty in the denoising loss, so the "
+            "unconditional branch that guidance subtracts learns from the kept samples too."
+        ),
+    )
     samples_per_prompt = forms.IntegerField(min_value=1, max_value=2, initial=_P.samples_per_prompt)
     share_of_prompts = forms.FloatField(min_value=0, max_value=1, initial=_P.share_of_prompts)
     prompts_per_category = forms.IntegerField(min_value=1, initial=_P.prompts_per_category)
@@ -177,9 +188,13 @@ class RoundForm(forms.Form):
     @staticmethod
     def _raft(data: dict) -> RaftStageConfig:
         # As for DPO's settings: another objective never reads it, so it is not stored.
-        if data["objective"] != "raft" or data["raft_candidates"] is None:
+        if data["objective"] != "raft":
             return RaftStageConfig()
-        return RaftStageConfig(candidates=data["raft_candidates"])
+        candidates, dropout = data["raft_candidates"], data["raft_caption_dropout"]
+        return RaftStageConfig(
+            candidates=_RA.candidates if candidates is None else candidates,
+            caption_dropout=_RA.caption_dropout if dropout is None else dropout,
+        )
 
     @staticmethod
     def _dpo(data: dict) -> DPOStageConfig:

@@ -47,9 +47,11 @@ class Redness:
 
 
 def test_the_raft_objective_and_its_candidates_are_validated_and_older_rounds_load_with_the_default():
-    assert RoundConfig(objective="raft").raft.candidates == 4
+    assert RoundConfig(objective="raft").raft == RaftStageConfig(candidates=4, caption_dropout=0.1)
     with pytest.raises(RoundConfigError, match="between 2 and 64 candidates"):
         RaftStageConfig(candidates=1)
+    with pytest.raises(RoundConfigError, match="caption dropout"):
+        RaftStageConfig(caption_dropout=1.0)
     with pytest.raises(RoundConfigError, match="raft"):
         RoundConfig(objective="rejection")
     stored = RoundConfig(objective="raft", raft=RaftStageConfig(8)).to_dict()
@@ -62,14 +64,13 @@ def test_the_raft_objective_and_its_candidates_are_validated_and_older_rounds_lo
 def test_raft_trains_on_the_denoising_loss_alone_and_draws_no_other_denoising_data():
     config = raft_round(reward_scale=0.5, pretrain_loss_weight=0.25)
     refl = refl_config(config, 0, guard=True)
-    assert (refl.reward_scale, refl.pretrain_loss_weight) == (0.0, 1.0)
+    assert (refl.reward_scale, refl.pretrain_loss_weight, refl.caption_dropout) == (0.0, 1.0, 0.1)
     assert pretrain_data(config, "world", 0) is None
     # The same section under ReFL keeps what the admin set.
     as_refl = dataclasses.replace(config, objective="refl")
-    assert (refl_config(as_refl, 0, guard=True).reward_scale, len(pretrain_data(as_refl, "world", 0))) == (
-        0.5,
-        4,
-    )
+    as_refl_config = refl_config(as_refl, 0, guard=True)
+    assert (as_refl_config.reward_scale, as_refl_config.caption_dropout) == (0.5, 0.0)
+    assert len(pretrain_data(as_refl, "world", 0)) == 4
 
 
 # ------------------------------------------------------------------------------------ the kept samples
@@ -224,8 +225,8 @@ def test_the_loop_command_line_sets_the_objective_its_candidates_and_the_feedbac
 
     args = build_parser().parse_args(
         ["--out", str(tmp_path), "--objective", "raft", "--raft-candidates", "6"]
-        + ["--feedback-prompts-per-category", "40"]
+        + ["--raft-caption-dropout", "0.2", "--feedback-prompts-per-category", "40"]
     )
     round_config = config_from_args(args).round
-    assert (round_config.objective, round_config.raft.candidates) == ("raft", 6)
+    assert (round_config.objective, round_config.raft) == ("raft", RaftStageConfig(6, 0.2))
     assert round_config.feedback.prompts_per_category == 40

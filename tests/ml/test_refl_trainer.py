@@ -271,6 +271,35 @@ def test_a_denoising_only_step_skips_the_sampling_pass_and_trains_on_the_same_ba
     assert sampling.train_step()["loss_pretrain"] == pytest.approx(first["loss_pretrain"], rel=1e-6)
 
 
+def test_caption_dropout_trains_the_unconditional_branch_on_the_same_batch():
+    data = [
+        (p, torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i))) for i, p in enumerate(PROMPTS)
+    ]
+    seen: list[list[str]] = []
+
+    def loss(dropout: float, dataset) -> float:
+        cfg = config(reward_scale=0.0, pretrain_loss_weight=1.0, caption_dropout=dropout)
+        trainer = ReFLTrainer(sd15(), cfg, {"red": redness}, PROMPTS, pretrain_data=dataset)
+        encode = trainer.adapter.encode_prompts
+
+        def spy(prompts, **kwargs):
+            seen.append(list(prompts))
+            return encode(prompts, **kwargs)
+
+        trainer.adapter.encode_prompts = spy
+        return trainer.train_step()["loss_pretrain"]
+
+    plain = loss(0.0, data)
+    assert all(seen[-1]) and set(seen[-1]) <= set(PROMPTS)
+    # Nearly every caption dropped: the same images, noise and steps as the empty prompt with no dropout.
+    dropped = loss(0.999999, data)
+    assert seen[-1] == [""] * 2
+    assert dropped == pytest.approx(loss(0.0, [("", image) for _, image in data]), rel=1e-6)
+    assert dropped != pytest.approx(plain, rel=1e-6)
+    with pytest.raises(ValueError, match="caption_dropout"):
+        config(caption_dropout=1.0)
+
+
 def test_kl_penalty_is_zero_at_the_reference_and_pulls_lora_back_towards_it():
     trainer = ReFLTrainer(
         sd15(), config(reward_scale=0.0, kl_weight=1.0, learning_rate=2e-2), {"red": redness}, PROMPTS

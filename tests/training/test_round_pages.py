@@ -257,19 +257,20 @@ def test_an_admin_chooses_reward_ranked_fine_tuning_and_its_candidates_and_other
     page = client.get("/training/rounds/new/").content.decode()
     assert "Reward-ranked fine-tuning" in page and 'name="raft_candidates"' in page
     assert 'data-objective="raft"' in page
-    response = client.post("/training/rounds/new/", _form(objective="raft", raft_candidates="8"))
+    response = client.post(
+        "/training/rounds/new/", _form(objective="raft", raft_candidates="8", raft_caption_dropout="0.2")
+    )
     assert response.status_code == 302
     config = TrainingRound.objects.get().config
-    assert (config["objective"], config["raft"]) == ("raft", {"candidates": 8})
+    assert (config["objective"], config["raft"]) == ("raft", {"candidates": 8, "caption_dropout": 0.2})
     assert "Reward-ranked fine-tuning (best of 8)" in client.get(response["Location"]).content.decode()
     TrainingRound.objects.all().delete()
     response = client.post("/training/rounds/new/", _form(objective="raft", raft_candidates="1"))
     assert response.status_code == 400 and not TrainingRound.objects.exists()
     # A ReFL round never reads the candidates: what the hidden field posted is not stored.
-    assert (
-        client.post("/training/rounds/new/", _form(objective="refl", raft_candidates="8")).status_code == 302
-    )
-    assert TrainingRound.objects.get().config["raft"] == {"candidates": 4}
+    refl = _form(objective="refl", raft_candidates="8", raft_caption_dropout="0.5")
+    assert client.post("/training/rounds/new/", refl).status_code == 302
+    assert TrainingRound.objects.get().config["raft"] == {"candidates": 4, "caption_dropout": 0.1}
 
 
 def test_a_raft_rounds_page_says_how_many_samples_trained_and_what_their_choice_bought(client, make_user):

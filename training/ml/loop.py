@@ -701,6 +701,7 @@ ROUND_FLAGS: dict[str, tuple[str | None, str]] = {
     "dpo_pair_source": ("dpo", "pair_source"),
     "dpo_ties": ("dpo", "ties"),
     "raft_candidates": ("raft", "candidates"),
+    "raft_caption_dropout": ("raft", "caption_dropout"),
     "feedback_prompts_per_category": ("feedback", "prompts_per_category"),
     "reward_hidden": ("reward", "hidden_size"),
     "reward_layers": ("reward", "layers"),
@@ -767,6 +768,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--raft-candidates",
         type=int,
         help="samples per prompt the reward models choose from (objective raft)",
+    )
+    parser.add_argument(
+        "--raft-caption-dropout", type=float, help="share of empty captions in RAFT's denoising loss"
     )
     parser.add_argument(
         "--feedback-prompts-per-category", type=int, help="training prompts per category of the fine-tuning"

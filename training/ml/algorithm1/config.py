@@ -174,9 +174,14 @@ class RaftStageConfig:
     same budget; the reward scale, late steps and pretraining images are ReFL's and unread here."""
 
     candidates: int = 4
+    # Share of the kept samples' captions replaced by the empty prompt in the denoising loss, so the
+    # unconditional branch that guidance subtracts moves with the conditional one (the world's pretraining
+    # drops 10 %; without it, training on guided samples and sampling them with guidance again compounds it).
+    caption_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         _check(2 <= self.candidates <= 64, "reward-ranked fine-tuning needs between 2 and 64 candidates")
+        _check(0 <= self.caption_dropout < 1, "caption dropout must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,7 @@ def refl_config(config: RoundConfig, iteration: int, guard: bool) -> ReFLConfig:
         # Reward-ranked fine-tuning trains on the denoising loss alone: its data carry the rewards' choice.
         reward_scale=0.0 if config.objective == "raft" else fb.reward_scale,
         pretrain_loss_weight=1.0 if config.objective == "raft" else fb.pretrain_loss_weight,
+        caption_dropout=config.raft.caption_dropout if config.objective == "raft" else 0.0,
         train_mode="lora" if fb.lora else "full",
         lora=LoRASettings(rank=fb.lora_rank),
         seed=config.seed + iteration,

@@ -110,6 +110,10 @@ class ReFLConfig:
     reward_scale: float = 1e-3  # λ
     pretrain_loss_weight: float = 0.0  # > 0 needs pretraining (prompt, image) data
     pretrain_batch_size: int | None = None  # None → batch_size
+    # Share of the denoising loss's captions replaced by the empty prompt, so the unconditional branch that
+    # classifier-free guidance subtracts learns from the same images (as in pretraining); 0 trains the
+    # conditional branch alone.
+    caption_dropout: float = 0.0
     kl_weight: float = 0.0  # penalty on the distance to the frozen reference model's prediction
     train_mode: TrainMode = "lora"
     lora: LoRASettings = dataclasses.field(default_factory=LoRASettings)
@@ -155,6 +159,8 @@ class ReFLConfig:
             raise ValueError(f"unknown phi {self.phi!r}")
         if self.reward_scale < 0 or self.pretrain_loss_weight < 0 or self.kl_weight < 0:
             raise ValueError("loss weights must be non-negative")
+        if not 0 <= self.caption_dropout < 1:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.pretrain_batch_size is not None and self.pretrain_batch_size < 1:
             raise ValueError("pretrain_batch_size must be >= 1")
         if self.train_mode not in ("lora", "full"):

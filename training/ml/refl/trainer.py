@@ -255,7 +255,12 @@ class ReFLTrainer:
         noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
         num_train = adapter.scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, num_train, (batch,), generator=generator).to(clean.device)
-        prompts = [self.pretrain_data[i][0] for i in index[mine]]
+        prompts = [self.pretrain_data[i][0] for i in index]
+        if cfg.caption_dropout > 0:
+            # Drawn only when asked for, so runs without dropout keep their exact batches.
+            dropped = torch.rand(batch, generator=generator) < cfg.caption_dropout
+            prompts = ["" if drop else prompt for prompt, drop in zip(prompts, dropped.tolist(), strict=True)]
+        prompts = prompts[mine]
         clean, noise, timesteps = clean[mine], noise[mine], timesteps[mine]
         noisy = adapter.scheduler.add_noise(clean, noise, timesteps)
         cond = adapter.encode_prompts(prompts, guided=False, height=self.height, width=self.width)
