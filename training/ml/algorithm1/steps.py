@@ -586,7 +586,6 @@ def reward_ranked_samples(
     return RewardRankedSamples(
         data, float(torch.cat(chosen_scores).mean()), float(torch.cat(all_scores).mean())
     )
-    return data
 
 
 def _scored_on_cpu(fn: RewardFn) -> RewardFn:
