@@ -47,6 +47,7 @@ from training.ml.algorithm1.steps import (  # noqa: E402
     refl_prompts,
     reward_ranked_samples,
     routed_reward,
+    world_pretrain_data,
 )
 from training.ml.refl.best_of_n import best_of_n  # noqa: E402
 from training.ml.refl.stage import RewardSource, load_reward_fns  # noqa: E402
@@ -100,6 +101,11 @@ def main() -> None:
         type=parse_setting,
         required=True,
         help="lr:steps:batch[:caption dropout]",
+    )
+    parser.add_argument(
+        "--renders",
+        action="store_true",
+        help="control: train on as many correct renders of pretraining prompts instead of the kept samples",
     )
     parser.add_argument(
         "--samples-cache", type=Path, help="save the best-of-N draws here, or reuse them (same loop run)"
@@ -157,6 +163,13 @@ def main() -> None:
         lambda: reward_ranked_samples(config, load_policy("world", base_path), routed, prompts, 0),
     )
     assert [p for p, _ in ranked.samples] == prompts, "the cached draws are of other prompts"
+    if args.renders:
+        # The same fine-tuning path on perfect data: separates "the data are p_0's own drawings" from "the
+        # fine-tuning itself (rate, steps, dropout) harms the model".
+        ranked = RewardRankedSamples(
+            world_pretrain_data(len(prompts), config.seed), float("nan"), float("nan")
+        )
+        print(f"control: {len(ranked.samples)} correct renders instead of the kept samples", flush=True)
     sampling_seconds = round(time.perf_counter() - started, 1)
     print(
         f"{len(ranked.samples)} prompts, best of {args.candidates}: reward {ranked.chosen_reward:+.3f} kept vs "
@@ -248,6 +261,7 @@ def main() -> None:
             {
                 "loop_dir": str(args.loop_dir),
                 "candidates": args.candidates,
+                "data": "renders" if args.renders else "kept samples",
                 "train_prompts": len(prompts),
                 "chosen_reward": ranked.chosen_reward,
                 "candidate_reward": ranked.candidate_reward,

@@ -60,6 +60,8 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
         "1",
         "--best-of",
         "2",
+        "--samples-cache",
+        str(tmp_path / "draws.pt"),
         "--out",
         str(target),
     )
@@ -81,3 +83,12 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
     assert best["oracle"]["overall"] == pytest.approx(
         result["p0"]["overall"] + best["oracle_gain"]["overall"]["diff"]
     )
+    assert result["data"] == "kept samples" and (tmp_path / "draws.pt").exists()
+
+    # The control on perfect data: the same fine-tuning path on as many correct renders.
+    control = tmp_path / "control.json"
+    args = ["--candidates", "2", "--prompts", "2", "--setting", "1e-4:2:4", "--renders"]
+    args += ["--eval-per-sub", "1", "--eval-seeds", "1", "--samples-cache", str(tmp_path / "draws.pt")]
+    _run("bench/raft_sweep.py", "--loop-dir", str(loop), *args, "--out", str(control))
+    renders = json.loads(control.read_text())
+    assert renders["data"] == "renders" and renders["train_prompts"] == 6 and len(renders["settings"]) == 1
