@@ -103,9 +103,11 @@ def main() -> None:
         help="lr:steps:batch[:caption dropout]",
     )
     parser.add_argument(
-        "--renders",
-        action="store_true",
-        help="control: train on as many correct renders of pretraining prompts instead of the kept samples",
+        "--data",
+        choices=("kept", "renders", "mixed"),
+        default="kept",
+        help="what trains: the kept samples; as many correct renders of pretraining prompts instead (the "
+        "control); or both (renders as a regulariser)",
     )
     parser.add_argument(
         "--samples-cache", type=Path, help="save the best-of-N draws here, or reuse them (same loop run)"
@@ -163,13 +165,13 @@ def main() -> None:
         lambda: reward_ranked_samples(config, load_policy("world", base_path), routed, prompts, 0),
     )
     assert [p for p, _ in ranked.samples] == prompts, "the cached draws are of other prompts"
-    if args.renders:
-        # The same fine-tuning path on perfect data: separates "the data are p_0's own drawings" from "the
-        # fine-tuning itself (rate, steps, dropout) harms the model".
-        ranked = RewardRankedSamples(
-            world_pretrain_data(len(prompts), config.seed), float("nan"), float("nan")
-        )
-        print(f"control: {len(ranked.samples)} correct renders instead of the kept samples", flush=True)
+    if args.data != "kept":
+        # The same fine-tuning path on perfect data (alone: separates "the data are p_0's own drawings" from
+        # "the fine-tuning itself harms the model"; mixed in: do correct images hold the model in place?).
+        renders = world_pretrain_data(len(prompts), config.seed)
+        samples = renders if args.data == "renders" else ranked.samples + renders
+        ranked = dataclasses.replace(ranked, samples=samples)
+        print(f"{args.data}: {len(samples)} training images ({len(renders)} correct renders)", flush=True)
     sampling_seconds = round(time.perf_counter() - started, 1)
     print(
         f"{len(ranked.samples)} prompts, best of {args.candidates}: reward {ranked.chosen_reward:+.3f} kept vs "
@@ -261,7 +263,7 @@ def main() -> None:
             {
                 "loop_dir": str(args.loop_dir),
                 "candidates": args.candidates,
-                "data": "renders" if args.renders else "kept samples",
+                "data": args.data,
                 "train_prompts": len(prompts),
                 "chosen_reward": ranked.chosen_reward,
                 "candidate_reward": ranked.candidate_reward,

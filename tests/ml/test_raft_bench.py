@@ -83,12 +83,13 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
     assert best["oracle"]["overall"] == pytest.approx(
         result["p0"]["overall"] + best["oracle_gain"]["overall"]["diff"]
     )
-    assert result["data"] == "kept samples" and (tmp_path / "draws.pt").exists()
+    assert result["data"] == "kept" and (tmp_path / "draws.pt").exists()
 
-    # The control on perfect data: the same fine-tuning path on as many correct renders.
+    # The same fine-tuning path with as many correct renders mixed in (reusing the saved draws).
     control = tmp_path / "control.json"
-    args = ["--candidates", "2", "--prompts", "2", "--setting", "1e-4:2:4", "--renders"]
+    args = ["--candidates", "2", "--prompts", "2", "--setting", "1e-4:2:4", "--data", "mixed"]
     args += ["--eval-per-sub", "1", "--eval-seeds", "1", "--samples-cache", str(tmp_path / "draws.pt")]
-    _run("bench/raft_sweep.py", "--loop-dir", str(loop), *args, "--out", str(control))
+    mixed = _run("bench/raft_sweep.py", "--loop-dir", str(loop), *args, "--out", str(control))
+    assert "mixed: 12 training images (6 correct renders)" in mixed.stdout
     renders = json.loads(control.read_text())
-    assert renders["data"] == "renders" and renders["train_prompts"] == 6 and len(renders["settings"]) == 1
+    assert renders["data"] == "mixed" and renders["train_prompts"] == 6 and len(renders["settings"]) == 1
