@@ -145,12 +145,10 @@ def _weights(directory: Path) -> dict[str, str]:
     }
 
 
-def test_a_raft_iteration_trains_on_the_samples_its_reward_models_keep(tmp_path, tiny_base):
-    round_config = raft_round(candidates=2, steps=3, guard_every=0, learning_rate=1e-3, gate="off")
+def _iteration_on_d0(tmp_path, tiny_base, round_config: RoundConfig, progress=None):
+    """The loop's first iteration (reward model, then fine-tuning) on a tiny D_0 of spatial prompts."""
     config = tiny_config(tmp_path / "loop", tiny_base, round=round_config)
     data = rank_gallery(config, loop_prompts(config)[0], tmp_path / "d0")
-    train = {"spatial": [p.prompt for p in data.prompts]}
-    stages: list[tuple[str, int, int]] = []
     result = run_iteration(
         round_config,
         iteration=0,
@@ -159,10 +157,19 @@ def test_a_raft_iteration_trains_on_the_samples_its_reward_models_keep(tmp_path,
         categories=["spatial"],
         base_path=str(tiny_base),
         chain=[],
-        train_prompts=train,
+        train_prompts={"spatial": [p.prompt for p in data.prompts]},
         validation_prompts={},
         output_dir=tmp_path / "it0",
-        progress=lambda stage, step, total, m: stages.append((stage, step, total)),
+        progress=progress,
+    )
+    return data, result
+
+
+def test_a_raft_iteration_trains_on_the_samples_its_reward_models_keep(tmp_path, tiny_base):
+    round_config = raft_round(candidates=2, steps=3, guard_every=0, learning_rate=1e-3, gate="off")
+    stages: list[tuple[str, int, int]] = []
+    _, result = _iteration_on_d0(
+        tmp_path, tiny_base, round_config, lambda stage, step, total, m: stages.append((stage, step, total))
     )
     info = result.finetuned.checkpoint
     assert info.kind == "refl" and info.metrics["objective"] == "raft" and info.metrics["steps"] == 3
@@ -178,20 +185,7 @@ def test_a_raft_iteration_trains_on_the_samples_its_reward_models_keep(tmp_path,
 
 def test_the_gate_closes_before_a_single_candidate_is_drawn(tmp_path, tiny_base):
     round_config = raft_round(candidates=2, gate="require")
-    config = tiny_config(tmp_path / "loop", tiny_base, round=round_config)
-    data = rank_gallery(config, loop_prompts(config)[0], tmp_path / "d0")
-    result = run_iteration(
-        round_config,
-        iteration=0,
-        records=data.records(),
-        image_loader=data.loader(),
-        categories=["spatial"],
-        base_path=str(tiny_base),
-        chain=[],
-        train_prompts={"spatial": [p.prompt for p in data.prompts]},
-        validation_prompts={},
-        output_dir=tmp_path / "it0",
-    )
+    data, result = _iteration_on_d0(tmp_path, tiny_base, round_config)
     # Without rankings of the model's own samples the gate has nothing to measure: "require" refuses.
     assert result.finetuned is None and "gate" in result.gate_closed
     calls: list[int] = []

@@ -274,28 +274,12 @@ def test_an_admin_chooses_reward_ranked_fine_tuning_and_its_candidates_and_other
 
 
 def test_a_raft_rounds_page_says_how_many_samples_trained_and_what_their_choice_bought(client, make_user):
-    import hashlib
+    from training.services import round_record_metric
 
-    from django.core.files.base import ContentFile
-    from django.core.files.storage import default_storage
-
-    from training.models import DiffusionCheckpoint
-
-    r = round_create(
-        created_by=make_user("admin"),
-        categories=list(Category.objects.filter(slug="spatial")),
-        base_generator=None,
-        iterations=1,
-        config={"base_model": "synthetic-world", "objective": "raft", "raft": {"candidates": 4}},
-    )
-    data = b"raft checkpoint tar bytes"
-    sha = hashlib.sha256(data).hexdigest()
-    DiffusionCheckpoint.objects.create(
-        training_round=r,
-        iteration=0,
-        file=default_storage.save(f"checkpoints/diffusion/{sha}.tar", ContentFile(data)),
-        sha256=sha,
-        metrics={
+    r = _round_with_checkpoint(
+        make_user("admin"),
+        {"base_model": "synthetic-world", "objective": "raft", "raft": {"candidates": 4}},
+        {
             "objective": "raft",
             "steps": 200,
             "stop_reason": None,
@@ -306,8 +290,6 @@ def test_a_raft_rounds_page_says_how_many_samples_trained_and_what_their_choice_
             "candidate_reward": 0.2456,
         },
     )
-    from training.services import round_record_metric
-
     for step, heldout in ((0, 0.61), (150, 0.66)):
         guard = {"step": step, "reward": 0.3, "heldout": heldout}
         round_record_metric(round_id=r.pk, stage="guard", iteration=0, step=step, data=guard)
@@ -318,30 +300,41 @@ def test_a_raft_rounds_page_says_how_many_samples_trained_and_what_their_choice_
     assert "fine-tuning step" in page
 
 
-def _dpo_round_with_results(admin) -> TrainingRound:
+def _round_with_checkpoint(admin, config: dict, metrics: dict) -> TrainingRound:
+    """A one-iteration spatial round whose iteration 0 produced a diffusion checkpoint with these metrics."""
     import hashlib
 
     from django.core.files.base import ContentFile
     from django.core.files.storage import default_storage
 
     from training.models import DiffusionCheckpoint
-    from training.services import round_record_metric
 
     r = round_create(
         created_by=admin,
         categories=list(Category.objects.filter(slug="spatial")),
         base_generator=None,
         iterations=1,
-        config={"base_model": "synthetic-world", "objective": "dpo"},
+        config=config,
     )
-    data = b"dpo checkpoint tar bytes"
+    data = f"{config['objective']} checkpoint tar bytes".encode()
     sha = hashlib.sha256(data).hexdigest()
     DiffusionCheckpoint.objects.create(
         training_round=r,
         iteration=0,
         file=default_storage.save(f"checkpoints/diffusion/{sha}.tar", ContentFile(data)),
         sha256=sha,
-        metrics={
+        metrics=metrics,
+    )
+    return r
+
+
+def _dpo_round_with_results(admin) -> TrainingRound:
+    from training.services import round_record_metric
+
+    r = _round_with_checkpoint(
+        admin,
+        {"base_model": "synthetic-world", "objective": "dpo"},
+        {
             "objective": "dpo",
             "steps": 20,
             "stop_reason": None,
