@@ -41,6 +41,7 @@ from refl_loop import (  # noqa: E402
 from training.ml.algorithm1.config import RaftStageConfig, RoundConfig  # noqa: E402
 from training.ml.algorithm1.steps import (  # noqa: E402
     RewardRankedSamples,
+    candidate_guidance,
     finetune,
     load_policy,
     prompt_categories,
@@ -68,10 +69,12 @@ def parse_setting(text: str) -> tuple[float, int, int, float]:
     )
 
 
-def ranked_samples(path: Path | None, draw) -> RewardRankedSamples:
+def ranked_samples(path: Path | None, draw, guidance: float) -> RewardRankedSamples:
     """The best-of-N draws, from ``path`` when an earlier sweep over the same loop run saved them there."""
     if path is not None and path.exists():
         saved = torch.load(path)
+        if saved.get("guidance", guidance) != guidance:
+            raise SystemExit(f"{path} holds candidates drawn at guidance {saved['guidance']}, not {guidance}")
         return RewardRankedSamples(
             list(zip(saved["prompts"], saved["images"], strict=True)), saved["chosen"], saved["candidates"]
         )
@@ -84,6 +87,7 @@ def ranked_samples(path: Path | None, draw) -> RewardRankedSamples:
                 "images": [i for _, i in ranked.samples],
                 "chosen": ranked.chosen_reward,
                 "candidates": ranked.candidate_reward,
+                "guidance": guidance,
             },
             path,
         )
@@ -113,6 +117,12 @@ def main() -> None:
         "--samples-cache", type=Path, help="save the best-of-N draws here, or reuse them (same loop run)"
     )
     parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument(
+        "--candidate-guidance",
+        type=float,
+        default=None,
+        help="guidance the candidates are drawn at (RaftStageConfig.guidance_scale; default: the loop's)",
+    )
     parser.add_argument("--prompts", type=int, default=100, help="feedback prompts per category")
     parser.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
     parser.add_argument("--eval-per-sub", type=int, default=48)
@@ -135,7 +145,7 @@ def main() -> None:
     config = dataclasses.replace(
         base_round,
         objective="raft",
-        raft=RaftStageConfig(args.candidates),
+        raft=RaftStageConfig(args.candidates, guidance_scale=args.candidate_guidance),
         feedback=dataclasses.replace(
             base_round.feedback, prompts_per_category=args.prompts, guard_every=0, gate="off", lora=args.lora
         ),
@@ -163,8 +173,11 @@ def main() -> None:
     ranked = ranked_samples(
         args.samples_cache,
         lambda: reward_ranked_samples(config, load_policy("world", base_path), routed, prompts, 0),
+        candidate_guidance(config),
     )
     assert [p for p, _ in ranked.samples] == prompts, "the cached draws are of other prompts"
+    # What the training data are worth to the oracle (a measurement only; the choice was the reward models').
+    kept_oracle = float(oracle_evaluator(prompts, torch.stack([image for _, image in ranked.samples])).mean())
     if args.data != "kept":
         # The same fine-tuning path on perfect data (alone: separates "the data are p_0's own drawings" from
         # "the fine-tuning itself harms the model"; mixed in: do correct images hold the model in place?).
@@ -174,8 +187,9 @@ def main() -> None:
         print(f"{args.data}: {len(samples)} training images ({len(renders)} correct renders)", flush=True)
     sampling_seconds = round(time.perf_counter() - started, 1)
     print(
-        f"{len(ranked.samples)} prompts, best of {args.candidates}: reward {ranked.chosen_reward:+.3f} kept vs "
-        f"{ranked.candidate_reward:+.3f} over all candidates ({sampling_seconds:.0f} s)",
+        f"{len(ranked.samples)} prompts, best of {args.candidates} at guidance {candidate_guidance(config):g}: "
+        f"reward {ranked.chosen_reward:+.3f} kept vs {ranked.candidate_reward:+.3f} over all candidates; "
+        f"oracle of the kept samples {kept_oracle:.3f} ({sampling_seconds:.0f} s)",
         flush=True,
     )
 
@@ -263,6 +277,8 @@ def main() -> None:
             {
                 "loop_dir": str(args.loop_dir),
                 "candidates": args.candidates,
+                "candidate_guidance": candidate_guidance(config),
+                "kept_oracle": kept_oracle,
                 "data": args.data,
                 "train_prompts": len(prompts),
                 "chosen_reward": ranked.chosen_reward,

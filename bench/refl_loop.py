@@ -399,6 +399,12 @@ def main() -> None:
         "--raft-caption-dropout", type=float, default=0.1, help="share of empty captions in RAFT's loss"
     )
     parser.add_argument(
+        "--raft-guidance",
+        type=float,
+        default=None,
+        help="guidance of RAFT's candidates (default: --guidance)",
+    )
+    parser.add_argument(
         "--feedback-prompts",
         type=int,
         default=None,
@@ -428,7 +434,10 @@ def main() -> None:
             base.dpo, beta=args.dpo_beta, pair_source=args.dpo_pair_source, ties=args.dpo_ties
         ),
         raft=dataclasses.replace(
-            base.raft, candidates=args.raft_candidates, caption_dropout=args.raft_caption_dropout
+            base.raft,
+            candidates=args.raft_candidates,
+            caption_dropout=args.raft_caption_dropout,
+            guidance_scale=args.raft_guidance,
         ),
         reward=dataclasses.replace(
             base.reward,

@@ -140,6 +140,15 @@ class RoundForm(forms.Form):
             "unconditional branch that guidance subtracts learns from the kept samples too."
         ),
     )
+    raft_guidance_scale = forms.FloatField(
+        required=False,
+        min_value=1,
+        label="Candidates' guidance",
+        help_text=(
+            "Reward-ranked fine-tuning only: guidance scale the candidates are drawn at; empty: the guidance "
+            "scale above. At 1 the kept samples are the conditional model's own, which sampling then guides."
+        ),
+    )
     samples_per_prompt = forms.IntegerField(min_value=1, max_value=2, initial=_P.samples_per_prompt)
     share_of_prompts = forms.FloatField(min_value=0, max_value=1, initial=_P.share_of_prompts)
     prompts_per_category = forms.IntegerField(min_value=1, initial=_P.prompts_per_category)
@@ -194,6 +203,7 @@ class RoundForm(forms.Form):
         return RaftStageConfig(
             candidates=_RA.candidates if candidates is None else candidates,
             caption_dropout=_RA.caption_dropout if dropout is None else dropout,
+            guidance_scale=data.get("raft_guidance_scale"),
         )
 
     @staticmethod

@@ -59,6 +59,15 @@ def test_the_raft_objective_and_its_candidates_are_validated_and_older_rounds_lo
     older = RoundConfig().to_dict()
     del older["raft"]
     assert RoundConfig.from_dict(older) == RoundConfig()
+    with pytest.raises(RoundConfigError, match="candidate guidance"):
+        RaftStageConfig(guidance_scale=0.5)
+    with pytest.raises(RoundConfigError, match="candidate guidance"):
+        RaftStageConfig(guidance_scale=float("nan"))
+    stored = RoundConfig(objective="raft", raft=RaftStageConfig(guidance_scale=1.0)).to_dict()
+    assert RoundConfig.from_dict(stored).raft.guidance_scale == 1.0
+    older_raft = RoundConfig(objective="raft").to_dict()
+    del older_raft["raft"]["guidance_scale"]
+    assert RoundConfig.from_dict(older_raft).raft.guidance_scale is None
 
 
 def test_raft_trains_on_the_denoising_loss_alone_and_draws_no_other_denoising_data():
@@ -94,13 +103,37 @@ def test_each_prompt_keeps_the_candidate_its_reward_ranks_first(tiny_base):
     assert ranked.chosen_reward == pytest.approx(sum(kept) / 3, abs=1e-6)
     assert ranked.candidate_reward == pytest.approx(sum(s for *_, s in reward.seen) / 9, abs=1e-6)
     assert ranked.chosen_reward > ranked.candidate_reward
-    assert ranked.metrics(3) == {
+    assert ranked.metrics(config) == {
         "objective": "raft",
         "candidates": 3,
+        "candidate_guidance": config.feedback.guidance_scale,
         "ranked_samples": 3,
         "chosen_reward": ranked.chosen_reward,
         "candidate_reward": ranked.candidate_reward,
     }
+
+
+def test_candidates_are_drawn_at_the_objectives_own_guidance_when_it_sets_one(tiny_base):
+    policy = load_policy("world", str(tiny_base))
+
+    def kept(config: RoundConfig) -> list[torch.Tensor]:
+        ranked = reward_ranked_samples(
+            config, policy, {"red": RewardSpec(Redness())}, PROMPTS, 0, batch_size=6
+        )
+        return [image for _, image in ranked.samples]
+
+    guided = raft_round(candidates=2, guidance_scale=3.0)
+    unguided = raft_round(candidates=2, guidance_scale=1.0)
+    own = dataclasses.replace(guided, raft=RaftStageConfig(2, guidance_scale=1.0))
+    # Same noise: the objective's guidance 1 on a guidance-3 round draws what a guidance-1 round draws.
+    assert all(torch.equal(a, b) for a, b in zip(kept(own), kept(unguided), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(kept(own), kept(guided), strict=True))
+    assert (
+        reward_ranked_samples(own, policy, {"red": RewardSpec(Redness())}, PROMPTS[:1], 0).metrics(own)[
+            "candidate_guidance"
+        ]
+        == 1.0
+    )
 
 
 def test_the_kept_samples_repeat_for_an_iteration_and_change_with_the_next(tiny_base):
@@ -219,8 +252,8 @@ def test_the_loop_command_line_sets_the_objective_its_candidates_and_the_feedbac
 
     args = build_parser().parse_args(
         ["--out", str(tmp_path), "--objective", "raft", "--raft-candidates", "6"]
-        + ["--raft-caption-dropout", "0.2", "--feedback-prompts-per-category", "40"]
+        + ["--raft-caption-dropout", "0.2", "--feedback-prompts-per-category", "40", "--raft-guidance", "1"]
     )
     round_config = config_from_args(args).round
-    assert (round_config.objective, round_config.raft) == ("raft", RaftStageConfig(6, 0.2))
+    assert (round_config.objective, round_config.raft) == ("raft", RaftStageConfig(6, 0.2, 1.0))
     assert round_config.feedback.prompts_per_category == 40

@@ -258,19 +258,35 @@ def test_an_admin_chooses_reward_ranked_fine_tuning_and_its_candidates_and_other
     assert "Reward-ranked fine-tuning" in page and 'name="raft_candidates"' in page
     assert 'data-objective="raft"' in page
     response = client.post(
-        "/training/rounds/new/", _form(objective="raft", raft_candidates="8", raft_caption_dropout="0.2")
+        "/training/rounds/new/",
+        _form(objective="raft", raft_candidates="8", raft_caption_dropout="0.2", raft_guidance_scale="1"),
     )
     assert response.status_code == 302
     config = TrainingRound.objects.get().config
-    assert (config["objective"], config["raft"]) == ("raft", {"candidates": 8, "caption_dropout": 0.2})
+    assert (config["objective"], config["raft"]) == (
+        "raft",
+        {"candidates": 8, "caption_dropout": 0.2, "guidance_scale": 1.0},
+    )
+    assert (
+        "Reward-ranked fine-tuning (best of 8, drawn at guidance 1.0)"
+        in client.get(response["Location"]).content.decode()
+    )
+    TrainingRound.objects.all().delete()
+    # Left empty: the candidates are drawn at the round's guidance, and the page says nothing extra.
+    response = client.post("/training/rounds/new/", _form(objective="raft", raft_candidates="8"))
+    assert TrainingRound.objects.get().config["raft"]["guidance_scale"] is None
     assert "Reward-ranked fine-tuning (best of 8)" in client.get(response["Location"]).content.decode()
     TrainingRound.objects.all().delete()
     response = client.post("/training/rounds/new/", _form(objective="raft", raft_candidates="1"))
     assert response.status_code == 400 and not TrainingRound.objects.exists()
     # A ReFL round never reads the candidates: what the hidden field posted is not stored.
-    refl = _form(objective="refl", raft_candidates="8", raft_caption_dropout="0.5")
+    refl = _form(objective="refl", raft_candidates="8", raft_caption_dropout="0.5", raft_guidance_scale="2")
     assert client.post("/training/rounds/new/", refl).status_code == 302
-    assert TrainingRound.objects.get().config["raft"] == {"candidates": 4, "caption_dropout": 0.1}
+    assert TrainingRound.objects.get().config["raft"] == {
+        "candidates": 4,
+        "caption_dropout": 0.1,
+        "guidance_scale": None,
+    }
 
 
 def test_a_raft_rounds_page_says_how_many_samples_trained_and_what_their_choice_bought(client, make_user):
@@ -285,6 +301,7 @@ def test_a_raft_rounds_page_says_how_many_samples_trained_and_what_their_choice_
             "stop_reason": None,
             "best_step": 150,
             "candidates": 4,
+            "candidate_guidance": 1.0,
             "ranked_samples": 300,
             "chosen_reward": 0.8123,
             "candidate_reward": 0.2456,
@@ -295,7 +312,8 @@ def test_a_raft_rounds_page_says_how_many_samples_trained_and_what_their_choice_
         round_record_metric(round_id=r.pk, stage="guard", iteration=0, step=step, data=guard)
     client.force_login(make_user("researcher"))
     page = client.get(f"/training/rounds/{r.pk}/").content.decode()
-    assert 'data-objective="raft"' in page and "200 steps on 300 samples" in page and "best of 4" in page
+    assert 'data-objective="raft"' in page and "200 steps on 300 samples" in page
+    assert "best of 4 drawn at guidance 1.0" in page
     assert "kept step 150" in page and "0.812 vs 0.246" in page
     assert "fine-tuning step" in page
 

@@ -702,6 +702,7 @@ ROUND_FLAGS: dict[str, tuple[str | None, str]] = {
     "dpo_ties": ("dpo", "ties"),
     "raft_candidates": ("raft", "candidates"),
     "raft_caption_dropout": ("raft", "caption_dropout"),
+    "raft_guidance": ("raft", "guidance_scale"),
     "feedback_prompts_per_category": ("feedback", "prompts_per_category"),
     "reward_hidden": ("reward", "hidden_size"),
     "reward_layers": ("reward", "layers"),
@@ -771,6 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--raft-caption-dropout", type=float, help="share of empty captions in RAFT's denoising loss"
+    )
+    parser.add_argument(
+        "--raft-guidance", type=float, help="guidance scale of RAFT's candidates (default: --guidance)"
     )
     parser.add_argument(
         "--feedback-prompts-per-category", type=int, help="training prompts per category of the fine-tuning"

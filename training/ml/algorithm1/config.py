@@ -170,7 +170,8 @@ class RaftStageConfig:
     """Reward-ranked fine-tuning (RAFT, Dong et al. 2023): p_k draws ``candidates`` samples for each of
     the feedback prompts, the reward models (routed by category as in ReFL) keep the best one, and the
     denoising loss trains p_{k+1} on the kept samples. Steps, learning rate, batch, LoRA, guidance,
-    sampling steps, the gate and the guard come from the ``feedback`` section, so the objectives spend the
+    sampling steps, the gate and the guard come from the ``feedback`` section (the candidates' guidance
+    too, unless ``guidance_scale`` sets it), so the objectives spend the
     same budget; the reward scale, late steps and pretraining images are ReFL's and unread here."""
 
     candidates: int = 4
@@ -178,10 +179,19 @@ class RaftStageConfig:
     # unconditional branch that guidance subtracts moves with the conditional one (the world's pretraining
     # drops 10 %; without it, training on guided samples and sampling them with guidance again compounds it).
     caption_dropout: float = 0.1
+    # Guidance scale the candidates are drawn at; None: the feedback section's (the guidance users sample
+    # at). The denoising loss trains the conditional branch, which guidance then amplifies at sampling:
+    # candidates drawn at guidance 1 are samples of that branch, chosen; guided candidates put the guidance
+    # into the branch and sampling with guidance again applies it twice.
+    guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
         _check(2 <= self.candidates <= 64, "reward-ranked fine-tuning needs between 2 and 64 candidates")
         _check(0 <= self.caption_dropout < 1, "caption dropout must be in [0, 1)")
+        _check(
+            self.guidance_scale is None or (math.isfinite(self.guidance_scale) and self.guidance_scale >= 1),
+            "RAFT's candidate guidance must be at least 1 (or unset: the round's guidance)",
+        )
 
 
 @dataclass(frozen=True)

@@ -507,7 +507,7 @@ def finetune(
         record,
     )
     if ranked is not None:
-        info = dataclasses.replace(info, metrics={**info.metrics, **ranked.metrics(config.raft.candidates)})
+        info = dataclasses.replace(info, metrics={**info.metrics, **ranked.metrics(config)})
     return FinetuneResult(info, curve)
 
 
@@ -520,10 +520,11 @@ class RewardRankedSamples:
     chosen_reward: float  # mean reward of the chosen samples
     candidate_reward: float  # mean reward of every candidate: the difference is what the choice bought
 
-    def metrics(self, candidates: int) -> dict[str, float | int | str]:
+    def metrics(self, config: RoundConfig) -> dict[str, float | int | str]:
         return {
             "objective": "raft",
-            "candidates": candidates,
+            "candidates": config.raft.candidates,
+            "candidate_guidance": candidate_guidance(config),
             "ranked_samples": len(self.samples),
             "chosen_reward": self.chosen_reward,
             "candidate_reward": self.candidate_reward,
@@ -541,7 +542,7 @@ def reward_ranked_samples(
     batch_size: int = 16,
 ) -> RewardRankedSamples:
     """Reward-ranked fine-tuning's data: for each prompt, the best of ``raft.candidates`` samples of p_k
-    (the round's guidance and sampling steps) by the summed reward functions (one routed reward when the
+    (at ``candidate_guidance``, the round's sampling steps) by the summed reward functions (one routed reward when the
     round routes by category). The noise is fixed by (seed, iteration), so every process of a
     multi-process run draws the same data."""
     if not prompts:
@@ -570,7 +571,7 @@ def reward_ranked_samples(
                 fns,
                 weights,
                 num_inference_steps=fb.sampling_steps,
-                guidance_scale=fb.guidance_scale,
+                guidance_scale=candidate_guidance(config),
                 height=height,
                 width=width,
                 generator=generator,
@@ -586,6 +587,12 @@ def reward_ranked_samples(
     return RewardRankedSamples(
         data, float(torch.cat(chosen_scores).mean()), float(torch.cat(all_scores).mean())
     )
+
+
+def candidate_guidance(config: RoundConfig) -> float:
+    """Guidance scale of RAFT's candidates: the objective's own, else the round's sampling guidance."""
+    own = config.raft.guidance_scale
+    return config.feedback.guidance_scale if own is None else own
 
 
 def _scored_on_cpu(fn: RewardFn) -> RewardFn:
