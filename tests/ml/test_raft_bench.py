@@ -68,6 +68,8 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
     result = json.loads(target.read_text())
     assert result["train_prompts"] == 6 and result["candidates"] == 2
     assert result["chosen_reward"] >= result["candidate_reward"]
+    # Drawn at the loop's guidance unless told otherwise; what the kept samples are worth to the oracle.
+    assert result["candidate_guidance"] == 3.0 and 0 <= result["kept_oracle"] <= 1
     assert [(s["learning_rate"], s["steps"], s["batch_size"]) for s in result["settings"]] == [
         (1e-4, 2, 4),
         (2e-4, 3, 2),
@@ -93,3 +95,14 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
     assert "mixed: 12 training images (6 correct renders)" in mixed.stdout
     renders = json.loads(control.read_text())
     assert renders["data"] == "mixed" and renders["train_prompts"] == 6 and len(renders["settings"]) == 1
+
+    # Saved draws made at guidance 3 are not reused as if they had been drawn at another guidance.
+    refused = subprocess.run(
+        [sys.executable, "bench/raft_sweep.py", "--loop-dir", str(loop), *args, "--candidate-guidance", "1"],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert refused.returncode != 0 and "drawn at guidance 3.0, not 1.0" in refused.stderr
