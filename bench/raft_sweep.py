@@ -59,13 +59,14 @@ from training.ml.world.vocab import REWARD_CATEGORY  # noqa: E402
 LABELS = {"AB": "attribute_binding", "SP": "spatial", "NS": "non_spatial"}
 
 
-def parse_setting(text: str) -> tuple[float, int, int, float]:
-    lr, steps, batch, *dropout = text.split(":")
+def parse_setting(text: str) -> tuple[float, int, int, float, float | None]:
+    lr, steps, batch, *rest = text.split(":")
     return (
         float(lr),
         int(steps),
         int(batch),
-        float(dropout[0]) if dropout else RaftStageConfig().caption_dropout,
+        float(rest[0]) if rest else RaftStageConfig().caption_dropout,
+        float(rest[1]) if len(rest) > 1 else None,
     )
 
 
@@ -104,7 +105,7 @@ def main() -> None:
         action="append",
         type=parse_setting,
         required=True,
-        help="lr:steps:batch[:caption dropout]",
+        help="lr:steps:batch[:caption dropout[:EMA decay]]",
     )
     parser.add_argument(
         "--data",
@@ -225,10 +226,10 @@ def main() -> None:
         )
 
     results = []
-    for lr, steps, batch, dropout in args.setting:
+    for lr, steps, batch, dropout, ema in args.setting:
         setting = dataclasses.replace(
             config,
-            feedback=dataclasses.replace(fb, learning_rate=lr, steps=steps, batch_size=batch),
+            feedback=dataclasses.replace(fb, learning_rate=lr, steps=steps, batch_size=batch, ema_decay=ema),
             raft=dataclasses.replace(config.raft, caption_dropout=dropout),
         )
         started = time.perf_counter()
@@ -255,6 +256,7 @@ def main() -> None:
             "steps": steps,
             "batch_size": batch,
             "caption_dropout": dropout,
+            "ema_decay": ema,
             "lora": args.lora,
             "final_loss": result.checkpoint.metrics["last"].get("loss"),
             "oracle": summarise(items, oracle),
@@ -266,7 +268,7 @@ def main() -> None:
         d = diff["overall"]
         per = " ".join(f"{label} {diff[c]['diff']:+.3f}" for label, c in LABELS.items())
         print(
-            f"lr {lr:g} steps {steps} batch {batch} dropout {dropout:g}: oracle {row['oracle']['overall']:.3f} gain {d['diff']:+.3f} "
+            f"lr {lr:g} steps {steps} batch {batch} dropout {dropout:g} EMA {ema}: oracle {row['oracle']['overall']:.3f} gain {d['diff']:+.3f} "
             f"[{d['lo']:+.3f}, {d['hi']:+.3f}] ({per}); extras {row['hacking']['extra_objects']:.3f} "
             f"({row['seconds']:.0f} s)",
             flush=True,

@@ -322,6 +322,12 @@ def main() -> None:
     )
     parser.add_argument("--guard-every", type=int, default=10)
     parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="EMA of the fine-tuned weights (ReFL, raft; default off)",
+    )
+    parser.add_argument(
         "--reward-scale", type=float, default=1.0, help="ReFL reward loss weight (pre-loss 1)"
     )
     parser.add_argument(
@@ -458,6 +464,7 @@ def main() -> None:
             batch_size=args.batch_size or base.feedback.batch_size,
             reward_scale=args.reward_scale,
             guard_every=args.guard_every,
+            ema_decay=args.ema_decay,
             guard_rule=args.guard_rule,
             guard_seeds=args.guard_seeds,
             gate=args.gate,

@@ -92,6 +92,16 @@ class RoundForm(forms.Form):
     )
     lora = forms.BooleanField(required=False, initial=_F.lora, label="LoRA (off: full fine-tuning)")
     lora_rank = forms.IntegerField(min_value=1, initial=_F.lora_rank)
+    feedback_ema_decay = forms.FloatField(
+        required=False,
+        min_value=0.5,
+        max_value=0.9999,
+        label="EMA decay",
+        help_text=(
+            "ReFL and reward-ranked fine-tuning: keep an exponential moving average of the fine-tuned "
+            "weights (e.g. 0.99); the hacking guard judges it and the round deploys it. Empty: no average."
+        ),
+    )
     dpo_beta = forms.FloatField(
         required=False,
         initial=_D.beta,
@@ -181,6 +191,7 @@ class RoundForm(forms.Form):
                     guard_every=data["guard_every"],
                     lora=data["lora"],
                     lora_rank=data["lora_rank"],
+                    ema_decay=data.get("feedback_ema_decay"),
                 ),
                 push_back=PushBackConfig(
                     samples_per_prompt=data["samples_per_prompt"],

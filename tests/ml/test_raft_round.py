@@ -216,6 +216,36 @@ def test_a_raft_iteration_trains_on_the_samples_its_reward_models_keep(tmp_path,
     assert _weights(Path(info.path)) != _weights(Path(tiny_base))
 
 
+def test_a_round_with_an_ema_deploys_the_average_of_its_fine_tuned_weights(tmp_path, tiny_base):
+    from safetensors.torch import load_file
+
+    from training.ml.common import load_weights
+    from training.ml.refl.trainer import EMA_FILE
+
+    round_config = raft_round(
+        candidates=2, steps=3, guard_every=0, learning_rate=1e-3, gate="off", ema_decay=0.5
+    )
+    assert refl_config(round_config, 0, guard=False).ema_decay == 0.5
+    _, result = _iteration_on_d0(tmp_path, tiny_base, round_config)
+    directory = Path(result.finetuned.checkpoint.path)
+    average, raw = load_file(str(directory / EMA_FILE)), load_weights(directory)
+    deployed = dict(load_policy("world", str(tiny_base), [directory]).unet.named_parameters())
+    moved = [name for name in average if not torch.equal(average[name], raw[name])]
+    assert moved, "three steps at lr 1e-3 leave the average behind the raw weights"
+    for name in moved:
+        assert torch.equal(deployed[name].detach(), average[name])
+
+
+def test_the_ema_decay_is_validated_and_refused_where_nothing_would_read_it():
+    with pytest.raises(RoundConfigError, match="EMA decay"):
+        dataclasses.replace(RoundConfig().feedback, ema_decay=1.0)
+    with pytest.raises(RoundConfigError, match="Diffusion-DPO keeps no weight average"):
+        RoundConfig(objective="dpo", feedback=dataclasses.replace(RoundConfig().feedback, ema_decay=0.99))
+    older = RoundConfig().to_dict()
+    del older["feedback"]["ema_decay"]
+    assert RoundConfig.from_dict(older).feedback.ema_decay is None
+
+
 def test_the_gate_closes_before_a_single_candidate_is_drawn(tmp_path, tiny_base):
     round_config = raft_round(candidates=2, gate="require")
     data, result = _iteration_on_d0(tmp_path, tiny_base, round_config)
@@ -257,3 +287,8 @@ def test_the_loop_command_line_sets_the_objective_its_candidates_and_the_feedbac
     round_config = config_from_args(args).round
     assert (round_config.objective, round_config.raft) == ("raft", RaftStageConfig(6, 0.2, 1.0))
     assert round_config.feedback.prompts_per_category == 40
+    assert round_config.feedback.ema_decay is None
+    with_ema = build_parser().parse_args(
+        ["--out", str(tmp_path), "--objective", "raft", "--ema-decay", "0.99"]
+    )
+    assert config_from_args(with_ema).round.feedback.ema_decay == 0.99

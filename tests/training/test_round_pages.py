@@ -289,6 +289,21 @@ def test_an_admin_chooses_reward_ranked_fine_tuning_and_its_candidates_and_other
     }
 
 
+def test_an_admin_sets_the_ema_of_the_fine_tuned_weights_and_a_dpo_round_refuses_one(client, make_user):
+    client.force_login(make_user("admin"))
+    assert 'name="feedback_ema_decay"' in client.get("/training/rounds/new/").content.decode()
+    response = client.post("/training/rounds/new/", _form(objective="raft", feedback_ema_decay="0.99"))
+    assert response.status_code == 302
+    assert TrainingRound.objects.get().config["feedback"]["ema_decay"] == 0.99
+    TrainingRound.objects.all().delete()
+    assert client.post("/training/rounds/new/", _form(objective="refl")).status_code == 302
+    assert TrainingRound.objects.get().config["feedback"]["ema_decay"] is None
+    TrainingRound.objects.all().delete()
+    response = client.post("/training/rounds/new/", _form(objective="dpo", feedback_ema_decay="0.99"))
+    assert response.status_code == 400 and not TrainingRound.objects.exists()
+    assert "Diffusion-DPO keeps no weight average" in response.content.decode()
+
+
 def test_a_raft_rounds_page_says_how_many_samples_trained_and_what_their_choice_bought(client, make_user):
     from training.services import round_record_metric
 

@@ -709,6 +709,7 @@ ROUND_FLAGS: dict[str, tuple[str | None, str]] = {
     "reward_epochs": ("reward", "epochs"),
     "refl_steps": ("feedback", "steps"),
     "refl_lr": ("feedback", "learning_rate"),
+    "ema_decay": ("feedback", "ema_decay"),
     "sampling_steps": ("feedback", "sampling_steps"),
     "guidance_scale": ("feedback", "guidance_scale"),
     "reward_scale": ("feedback", "reward_scale"),
@@ -772,6 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--raft-caption-dropout", type=float, help="share of empty captions in RAFT's denoising loss"
+    )
+    parser.add_argument(
+        "--ema-decay", type=float, help="EMA of the fine-tuned weights, deployed and guarded (ReFL, raft)"
     )
     parser.add_argument(
         "--raft-guidance", type=float, help="guidance scale of RAFT's candidates (default: --guidance)"

@@ -110,9 +110,17 @@ class FeedbackStageConfig:
     # per category for the guard.
     prompts_per_category: int = 64
     validation_prompts_per_category: int = 16
+    # Exponential moving average of the fine-tuned weights (None: off): the guard evaluates, and the
+    # checkpoint deploys, the average. The world's base model is itself the EMA (0.995) of its pretraining
+    # weights; small-batch fine-tuning without one adds the optimiser's step noise to every sample.
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         _check(1 <= self.steps <= 100_000, "feedback steps must be between 1 and 100000")
+        _check(
+            self.ema_decay is None or 0 < self.ema_decay < 1,
+            "EMA decay must be in (0, 1), or unset to fine-tune without an average",
+        )
         _check(0 < self.learning_rate < 1, "feedback learning rate must be in (0, 1)")
         _check(2 <= self.sampling_steps <= 1000, "sampling steps must be between 2 and 1000")
         _check(
@@ -241,6 +249,10 @@ class RoundConfig:
         _check(
             self.objective in OBJECTIVES,
             "objective must be 'refl' (ReFL), 'dpo' (Diffusion-DPO) or 'raft' (reward-ranked fine-tuning)",
+        )
+        _check(
+            self.objective != "dpo" or self.feedback.ema_decay is None,
+            "Diffusion-DPO keeps no weight average: leave the EMA decay unset for a DPO round",
         )
 
     @property

@@ -154,6 +154,7 @@ def refl_config(config: RoundConfig, iteration: int, guard: bool) -> ReFLConfig:
         caption_dropout=config.raft.caption_dropout if config.objective == "raft" else 0.0,
         train_mode="lora" if fb.lora else "full",
         lora=LoRASettings(rank=fb.lora_rank),
+        ema_decay=fb.ema_decay,
         seed=config.seed + iteration,
         guard=GuardConfig(
             every=fb.guard_every if guard else 0,
@@ -677,6 +678,7 @@ def dpo_config(config: RoundConfig, iteration: int) -> DPOConfig:
         use_pair_weights=dpo.pair_weights,
         train_mode="lora" if fb.lora else "full",
         lora=LoRASettings(rank=fb.lora_rank),
+        ema_decay=fb.ema_decay,
         seed=config.seed + iteration,
     )
 
