@@ -678,7 +678,6 @@ def dpo_config(config: RoundConfig, iteration: int) -> DPOConfig:
         use_pair_weights=dpo.pair_weights,
         train_mode="lora" if fb.lora else "full",
         lora=LoRASettings(rank=fb.lora_rank),
-        ema_decay=fb.ema_decay,
         seed=config.seed + iteration,
     )
 
