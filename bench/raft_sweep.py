@@ -125,6 +125,9 @@ def main() -> None:
         help="guidance the candidates are drawn at (RaftStageConfig.guidance_scale; default: the loop's)",
     )
     parser.add_argument("--prompts", type=int, default=100, help="feedback prompts per category")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="kept samples per prompt, each the best of its own candidates"
+    )
     parser.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
     parser.add_argument("--eval-per-sub", type=int, default=48)
     parser.add_argument("--eval-seeds", type=int, default=2)
@@ -171,19 +174,28 @@ def main() -> None:
     loaded = load_reward_fns(tuple(RewardSource(c, str(p), 1.0) for c, p in rewards.items()))
     routed = {"routed": RewardSpec(routed_reward({n: r.fn for n, r in loaded.items()}, categories))}
     started = time.perf_counter()
-    ranked = ranked_samples(
-        args.samples_cache,
-        lambda: reward_ranked_samples(config, load_policy("world", base_path), routed, prompts, 0),
-        candidate_guidance(config),
-    )
-    assert [p for p, _ in ranked.samples] == prompts, "the cached draws are of other prompts"
+    # Each prompt ``repeat`` times: as many kept samples per prompt, each the best of its own candidates
+    # (the sampling noise runs on from one draw to the next).
+    drawn = [p for p in prompts for _ in range(args.repeat)]
+    if args.data == "renders":
+        # The control reads no draws: as many correct renders as the kept samples would be.
+        ranked = RewardRankedSamples(world_pretrain_data(len(drawn), config.seed), float("nan"), float("nan"))
+    else:
+        ranked = ranked_samples(
+            args.samples_cache,
+            lambda: reward_ranked_samples(config, load_policy("world", base_path), routed, drawn, 0),
+            candidate_guidance(config),
+        )
+        assert [p for p, _ in ranked.samples] == drawn, "the cached draws are of other prompts"
     # What the training data are worth to the oracle (a measurement only; the choice was the reward models').
-    kept_oracle = float(oracle_evaluator(prompts, torch.stack([image for _, image in ranked.samples])).mean())
-    if args.data != "kept":
+    kept_oracle = float(
+        oracle_evaluator([p for p, _ in ranked.samples], torch.stack([i for _, i in ranked.samples])).mean()
+    )
+    if args.data == "mixed":
         # The same fine-tuning path on perfect data (alone: separates "the data are p_0's own drawings" from
         # "the fine-tuning itself harms the model"; mixed in: do correct images hold the model in place?).
-        renders = world_pretrain_data(len(prompts), config.seed)
-        samples = renders if args.data == "renders" else ranked.samples + renders
+        renders = world_pretrain_data(len(drawn), config.seed)
+        samples = ranked.samples + renders
         ranked = dataclasses.replace(ranked, samples=samples)
         print(f"{args.data}: {len(samples)} training images ({len(renders)} correct renders)", flush=True)
     sampling_seconds = round(time.perf_counter() - started, 1)
@@ -282,9 +294,12 @@ def main() -> None:
                 "candidate_guidance": candidate_guidance(config),
                 "kept_oracle": kept_oracle,
                 "data": args.data,
+                "repeat": args.repeat,
                 "train_prompts": len(prompts),
-                "chosen_reward": ranked.chosen_reward,
-                "candidate_reward": ranked.candidate_reward,
+                "train_images": len(ranked.samples),
+                # No rewards chose the control's renders.
+                "chosen_reward": None if args.data == "renders" else ranked.chosen_reward,
+                "candidate_reward": None if args.data == "renders" else ranked.candidate_reward,
                 "sampling_seconds": sampling_seconds,
                 "eval_images": len(items),
                 "p0": summarise(items, base_oracle),

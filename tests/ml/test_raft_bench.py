@@ -96,6 +96,18 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
     renders = json.loads(control.read_text())
     assert renders["data"] == "mixed" and renders["train_prompts"] == 6 and len(renders["settings"]) == 1
 
+    # Two kept samples per prompt, each the best of its own two candidates; the renders control draws nothing.
+    repeated = tmp_path / "repeated.json"
+    small = ["--candidates", "2", "--prompts", "2", "--setting", "1e-4:2:4", "--repeat", "2"]
+    small += ["--eval-per-sub", "1", "--eval-seeds", "1"]
+    _run("bench/raft_sweep.py", "--loop-dir", str(loop), *small, "--out", str(repeated))
+    twice = json.loads(repeated.read_text())
+    assert (twice["train_prompts"], twice["train_images"], twice["repeat"]) == (6, 12, 2)
+    _run("bench/raft_sweep.py", "--loop-dir", str(loop), *small, "--data", "renders", "--out", str(repeated))
+    control = json.loads(repeated.read_text())
+    assert (control["train_images"], control["chosen_reward"], control["data"]) == (12, None, "renders")
+    assert control["kept_oracle"] > twice["kept_oracle"]  # correct renders against p_0's drawings
+
     # Saved draws made at guidance 3 are not reused as if they had been drawn at another guidance.
     refused = subprocess.run(
         [sys.executable, "bench/raft_sweep.py", "--loop-dir", str(loop), *args, "--candidate-guidance", "1"],
