@@ -199,12 +199,15 @@ def main() -> None:
         ranked = dataclasses.replace(ranked, samples=samples)
         print(f"{args.data}: {len(samples)} training images ({len(renders)} correct renders)", flush=True)
     sampling_seconds = round(time.perf_counter() - started, 1)
-    print(
-        f"{len(ranked.samples)} prompts, best of {args.candidates} at guidance {candidate_guidance(config):g}: "
-        f"reward {ranked.chosen_reward:+.3f} kept vs {ranked.candidate_reward:+.3f} over all candidates; "
-        f"oracle of the kept samples {kept_oracle:.3f} ({sampling_seconds:.0f} s)",
-        flush=True,
-    )
+    if args.data == "renders":
+        print(f"control: {len(ranked.samples)} correct renders, oracle {kept_oracle:.3f}", flush=True)
+    else:
+        print(
+            f"{len(ranked.samples)} kept samples, each the best of {args.candidates} at guidance {candidate_guidance(config):g}: "
+            f"reward {ranked.chosen_reward:+.3f} kept vs {ranked.candidate_reward:+.3f} over all candidates; "
+            f"oracle of the kept samples {kept_oracle:.3f} ({sampling_seconds:.0f} s)",
+            flush=True,
+        )
 
     baseline = None
     if args.best_of > 1:
