@@ -129,6 +129,9 @@ def main() -> None:
         "--repeat", type=int, default=1, help="kept samples per prompt, each the best of its own candidates"
     )
     parser.add_argument("--lora", action="store_true", help="LoRA instead of full fine-tuning")
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="linear learning-rate warm-up steps (all settings)"
+    )
     parser.add_argument("--eval-per-sub", type=int, default=48)
     parser.add_argument("--eval-seeds", type=int, default=2)
     parser.add_argument(
@@ -244,7 +247,9 @@ def main() -> None:
     for lr, steps, batch, dropout, ema in args.setting:
         setting = dataclasses.replace(
             config,
-            feedback=dataclasses.replace(fb, learning_rate=lr, steps=steps, batch_size=batch, ema_decay=ema),
+            feedback=dataclasses.replace(
+                fb, learning_rate=lr, steps=steps, batch_size=batch, ema_decay=ema, warmup_steps=args.warmup
+            ),
             raft=dataclasses.replace(config.raft, caption_dropout=dropout),
         )
         started = time.perf_counter()
@@ -272,6 +277,7 @@ def main() -> None:
             "batch_size": batch,
             "caption_dropout": dropout,
             "ema_decay": ema,
+            "warmup_steps": args.warmup,
             "lora": args.lora,
             "final_loss": result.checkpoint.metrics["last"].get("loss"),
             "oracle": summarise(items, oracle),

@@ -465,6 +465,7 @@ def main() -> None:
             reward_scale=args.reward_scale,
             guard_every=args.guard_every,
             ema_decay=args.ema_decay,
+            warmup_steps=args.warmup_steps,
             guard_rule=args.guard_rule,
             guard_seeds=args.guard_seeds,
             gate=args.gate,

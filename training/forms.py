@@ -92,6 +92,13 @@ class RoundForm(forms.Form):
     )
     lora = forms.BooleanField(required=False, initial=_F.lora, label="LoRA (off: full fine-tuning)")
     lora_rank = forms.IntegerField(min_value=1, initial=_F.lora_rank)
+    feedback_warmup_steps = forms.IntegerField(
+        required=False,
+        min_value=0,
+        initial=_F.warmup_steps,
+        label="Warm-up steps",
+        help_text="The fine-tuning learning rate rises linearly over these first steps (0: from the start).",
+    )
     feedback_ema_decay = forms.FloatField(
         required=False,
         min_value=0.5,
@@ -192,6 +199,7 @@ class RoundForm(forms.Form):
                     lora=data["lora"],
                     lora_rank=data["lora_rank"],
                     ema_decay=data.get("feedback_ema_decay"),
+                    warmup_steps=data.get("feedback_warmup_steps") or 0,
                 ),
                 push_back=PushBackConfig(
                     samples_per_prompt=data["samples_per_prompt"],

@@ -236,6 +236,24 @@ def test_a_round_with_an_ema_deploys_the_average_of_its_fine_tuned_weights(tmp_p
         assert torch.equal(deployed[name].detach(), average[name])
 
 
+def test_the_warm_up_reaches_every_fine_tuning_objective_and_its_learning_rate_rises_linearly():
+    from training.ml.algorithm1.steps import dpo_config
+    from training.ml.refl.optim import set_learning_rate
+
+    with pytest.raises(RoundConfigError, match="warm-up"):
+        dataclasses.replace(RoundConfig().feedback, warmup_steps=-1)
+    config = raft_round(learning_rate=1e-4, warmup_steps=4)
+    refl = refl_config(config, 0, guard=False)
+    assert refl.lr_warmup_steps == 4
+    assert dpo_config(dataclasses.replace(config, objective="dpo"), 0).lr_warmup_steps == 4
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    rates = [set_learning_rate(optimizer, refl, step) for step in range(6)]
+    assert rates == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4])
+    older = RoundConfig().to_dict()
+    del older["feedback"]["warmup_steps"]
+    assert RoundConfig.from_dict(older).feedback.warmup_steps == 0
+
+
 def test_the_ema_decay_is_validated_and_refused_where_nothing_would_read_it():
     with pytest.raises(RoundConfigError, match="EMA decay"):
         dataclasses.replace(RoundConfig().feedback, ema_decay=1.0)

@@ -289,15 +289,18 @@ def test_an_admin_chooses_reward_ranked_fine_tuning_and_its_candidates_and_other
     }
 
 
-def test_an_admin_sets_the_ema_of_the_fine_tuned_weights_and_a_dpo_round_refuses_one(client, make_user):
+def test_an_admin_sets_the_fine_tunings_ema_and_warm_up_and_a_dpo_round_refuses_an_ema(client, make_user):
     client.force_login(make_user("admin"))
     assert 'name="feedback_ema_decay"' in client.get("/training/rounds/new/").content.decode()
-    response = client.post("/training/rounds/new/", _form(objective="raft", feedback_ema_decay="0.99"))
+    form = _form(objective="raft", feedback_ema_decay="0.99", feedback_warmup_steps="20")
+    response = client.post("/training/rounds/new/", form)
     assert response.status_code == 302
-    assert TrainingRound.objects.get().config["feedback"]["ema_decay"] == 0.99
+    stored = TrainingRound.objects.get().config["feedback"]
+    assert (stored["ema_decay"], stored["warmup_steps"]) == (0.99, 20)
     TrainingRound.objects.all().delete()
     assert client.post("/training/rounds/new/", _form(objective="refl")).status_code == 302
     assert TrainingRound.objects.get().config["feedback"]["ema_decay"] is None
+    assert TrainingRound.objects.get().config["feedback"]["warmup_steps"] == 0
     TrainingRound.objects.all().delete()
     response = client.post("/training/rounds/new/", _form(objective="dpo", feedback_ema_decay="0.99"))
     assert response.status_code == 400 and not TrainingRound.objects.exists()

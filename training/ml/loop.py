@@ -710,6 +710,7 @@ ROUND_FLAGS: dict[str, tuple[str | None, str]] = {
     "refl_steps": ("feedback", "steps"),
     "refl_lr": ("feedback", "learning_rate"),
     "ema_decay": ("feedback", "ema_decay"),
+    "warmup_steps": ("feedback", "warmup_steps"),
     "sampling_steps": ("feedback", "sampling_steps"),
     "guidance_scale": ("feedback", "guidance_scale"),
     "reward_scale": ("feedback", "reward_scale"),
@@ -777,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ema-decay", type=float, help="EMA of the fine-tuned weights, deployed and guarded (ReFL, raft)"
     )
+    parser.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up of the fine-tuning")
     parser.add_argument(
         "--raft-guidance", type=float, help="guidance scale of RAFT's candidates (default: --guidance)"
     )

@@ -114,8 +114,12 @@ class FeedbackStageConfig:
     # checkpoint deploys, the average. The world's base model is itself the EMA (0.995) of its pretraining
     # weights; small-batch fine-tuning without one adds the optimiser's step noise to every sample.
     ema_decay: float | None = None
+    # Linear learning-rate warm-up over the first steps (0: none). Fine-tuning starts Adam with empty
+    # moments on a converged model, whose first updates are about ``learning_rate`` on every weight.
+    warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        _check(0 <= self.warmup_steps <= 100_000, "warm-up steps must be between 0 and 100000")
         _check(1 <= self.steps <= 100_000, "feedback steps must be between 1 and 100000")
         _check(
             self.ema_decay is None or 0 < self.ema_decay < 1,

@@ -155,6 +155,7 @@ def refl_config(config: RoundConfig, iteration: int, guard: bool) -> ReFLConfig:
         train_mode="lora" if fb.lora else "full",
         lora=LoRASettings(rank=fb.lora_rank),
         ema_decay=fb.ema_decay,
+        lr_warmup_steps=fb.warmup_steps,
         seed=config.seed + iteration,
         guard=GuardConfig(
             every=fb.guard_every if guard else 0,
@@ -678,6 +679,7 @@ def dpo_config(config: RoundConfig, iteration: int) -> DPOConfig:
         use_pair_weights=dpo.pair_weights,
         train_mode="lora" if fb.lora else "full",
         lora=LoRASettings(rank=fb.lora_rank),
+        lr_warmup_steps=fb.warmup_steps,
         seed=config.seed + iteration,
     )
 
