@@ -321,6 +321,7 @@ def main() -> None:
         help="fine-tuning batch: ReFL prompts / DPO pairs (default: recipe)",
     )
     parser.add_argument("--guard-every", type=int, default=10)
+    parser.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up of the fine-tuning lr")
     parser.add_argument(
         "--ema-decay",
         type=float,
