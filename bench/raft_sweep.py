@@ -195,8 +195,8 @@ def main() -> None:
         oracle_evaluator([p for p, _ in ranked.samples], torch.stack([i for _, i in ranked.samples])).mean()
     )
     if args.data == "mixed":
-        # The same fine-tuning path on perfect data (alone: separates "the data are p_0's own drawings" from
-        # "the fine-tuning itself harms the model"; mixed in: do correct images hold the model in place?).
+        # Correct renders mixed in with the kept samples: do they hold the model in place? (Alone, above, they
+        # separate "the data are p_0's own drawings" from "the fine-tuning itself harms the model".)
         renders = world_pretrain_data(len(drawn), config.seed)
         samples = ranked.samples + renders
         ranked = dataclasses.replace(ranked, samples=samples)
