@@ -54,9 +54,23 @@ from training.ml.refl.best_of_n import best_of_n  # noqa: E402
 from training.ml.refl.stage import RewardSource, load_reward_fns  # noqa: E402
 from training.ml.refl.trainer import RewardSpec  # noqa: E402
 from training.ml.refl.world_adapter import oracle_evaluator  # noqa: E402
-from training.ml.world.vocab import REWARD_CATEGORY  # noqa: E402
+from training.ml.world.grammar import all_prompts  # noqa: E402
+from training.ml.world.vocab import REWARD_CATEGORY, SUBCATEGORIES  # noqa: E402
 
 LABELS = {"AB": "attribute_binding", "SP": "spatial", "NS": "non_spatial"}
+# Noise for the training prompts' evaluation: clear of EVAL_NOISE_BASE's range (50,000 + 97 per image).
+TRAIN_NOISE_BASE = 200_000
+
+
+def train_eval_set(samples: list[tuple[str, torch.Tensor]], limit: int) -> list[tuple[str, str, int]]:
+    """(prompt, subcategory, seed 0) for up to ``limit`` of the prompts the fine-tuning trains on, spread
+    evenly over them: does the fine-tuning learn what it is shown, before asking whether it transfers?"""
+    subcategory = {p: sub for sub in SUBCATEGORIES for p in all_prompts(sub)}
+    distinct = list(dict.fromkeys(p for p, _ in samples))
+    chosen = (
+        distinct if limit >= len(distinct) else [distinct[i * len(distinct) // limit] for i in range(limit)]
+    )
+    return [(p, subcategory[p], 0) for p in chosen]
 
 
 def parse_setting(text: str) -> tuple[float, int, int, float, float | None]:
@@ -140,6 +154,12 @@ def main() -> None:
         default=0,
         help="also rerank N samples of p_0 by R_0 (the loop bench's baseline)",
     )
+    parser.add_argument(
+        "--eval-train",
+        type=int,
+        default=0,
+        help="also score p_0 and every p_1 on up to N of the training prompts (fresh noise, one seed each)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "raft_sweep.json")
     args = parser.parse_args()
@@ -194,6 +214,19 @@ def main() -> None:
     kept_oracle = float(
         oracle_evaluator([p for p, _ in ranked.samples], torch.stack([i for _, i in ranked.samples])).mean()
     )
+    train_items = train_eval_set(ranked.samples, args.eval_train) if args.eval_train > 0 else []
+    train_base = None
+    if train_items:
+        train_prompts = [p for p, _, _ in train_items]
+        train_base_images = generate(
+            load_policy("world", base_path),
+            train_items,
+            fb.sampling_steps,
+            fb.guidance_scale,
+            TRAIN_NOISE_BASE,
+        )
+        train_base = oracle_evaluator(train_prompts, train_base_images).tolist()
+        print(f"p_0 on {len(train_items)} training prompts: {summarise(train_items, train_base)}", flush=True)
     if args.data == "mixed":
         # Correct renders mixed in with the kept samples: do they hold the model in place? (Alone, above, they
         # separate "the data are p_0's own drawings" from "the fine-tuning itself harms the model".)
@@ -269,6 +302,11 @@ def main() -> None:
             )
             policy = load_policy("world", base_path, [result.checkpoint.path])
             images = generate(policy, items, fb.sampling_steps, fb.guidance_scale)
+            train_images = (
+                generate(policy, train_items, fb.sampling_steps, fb.guidance_scale, TRAIN_NOISE_BASE)
+                if train_items
+                else None
+            )
         oracle = oracle_evaluator(eval_prompts, images).tolist()
         diff = paired_bootstrap(items, base_oracle, oracle, reps=2000, seed=0)
         row = {
@@ -285,6 +323,10 @@ def main() -> None:
             "hacking": hacking_stats(items, images),
             "seconds": round(time.perf_counter() - started, 1),
         }
+        if train_images is not None:
+            on_train = oracle_evaluator(train_prompts, train_images).tolist()
+            row["train_oracle"] = summarise(train_items, on_train)
+            row["train_oracle_gain"] = paired_bootstrap(train_items, train_base, on_train, reps=2000, seed=0)
         results.append(row)
         d = diff["overall"]
         per = " ".join(f"{label} {diff[c]['diff']:+.3f}" for label, c in LABELS.items())
@@ -294,6 +336,12 @@ def main() -> None:
             f"({row['seconds']:.0f} s)",
             flush=True,
         )
+        if train_images is not None:
+            t = row["train_oracle_gain"]["overall"]
+            print(
+                f"  on the training prompts: gain {t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}]",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -313,6 +361,8 @@ def main() -> None:
                 "eval_images": len(items),
                 "p0": summarise(items, base_oracle),
                 "p0_hacking": hacking_stats(items, base_images),
+                "train_eval_images": len(train_items),
+                "p0_train": None if train_base is None else summarise(train_items, train_base),
                 "best_of_n": baseline,
                 "settings": results,
                 "seconds": round(time.perf_counter() - t0, 1),

@@ -60,6 +60,8 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
         "1",
         "--best-of",
         "2",
+        "--eval-train",
+        "4",
         "--samples-cache",
         str(tmp_path / "draws.pt"),
         "--out",
@@ -86,6 +88,14 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
         result["p0"]["overall"] + best["oracle_gain"]["overall"]["diff"]
     )
     assert result["data"] == "kept" and (tmp_path / "draws.pt").exists()
+    # Scored on the prompts it trained on too (four of the six, fresh noise), beside the held-out ones.
+    assert result["train_eval_images"] == 4 and 0 <= result["p0_train"]["overall"] <= 1
+    for setting in result["settings"]:
+        gain = setting["train_oracle_gain"]["overall"]
+        assert setting["train_oracle"]["overall"] == pytest.approx(
+            result["p0_train"]["overall"] + gain["diff"]
+        )
+    assert "on the training prompts: gain" in sweep.stdout
 
     # The same fine-tuning path with as many correct renders mixed in (reusing the saved draws).
     control = tmp_path / "control.json"
