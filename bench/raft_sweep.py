@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,7 @@ from training.ml.refl.stage import RewardSource, load_reward_fns  # noqa: E402
 from training.ml.refl.trainer import RewardSpec  # noqa: E402
 from training.ml.refl.world_adapter import oracle_evaluator  # noqa: E402
 from training.ml.world.grammar import all_prompts  # noqa: E402
+from training.ml.world.layout import render_prompt  # noqa: E402
 from training.ml.world.vocab import REWARD_CATEGORY, SUBCATEGORIES  # noqa: E402
 
 LABELS = {"AB": "attribute_binding", "SP": "spatial", "NS": "non_spatial"}
@@ -62,15 +64,28 @@ LABELS = {"AB": "attribute_binding", "SP": "spatial", "NS": "non_spatial"}
 TRAIN_NOISE_BASE = 200_000
 
 
-def train_eval_set(samples: list[tuple[str, torch.Tensor]], limit: int) -> list[tuple[str, str, int]]:
-    """(prompt, subcategory, seed 0) for up to ``limit`` of the prompts the fine-tuning trains on, spread
-    evenly over them: does the fine-tuning learn what it is shown, before asking whether it transfers?"""
+def train_eval_set(
+    samples: list[tuple[str, torch.Tensor]], limit: int, seeds: int = 1
+) -> list[tuple[str, str, int]]:
+    """(prompt, subcategory, seed) for up to ``limit`` of the prompts the fine-tuning trains on, spread
+    evenly over them, ``seeds`` each: does the fine-tuning learn what it is shown, before asking whether
+    it transfers?"""
     subcategory = {p: sub for sub in SUBCATEGORIES for p in all_prompts(sub)}
     distinct = list(dict.fromkeys(p for p, _ in samples))
     chosen = (
         distinct if limit >= len(distinct) else [distinct[i * len(distinct) // limit] for i in range(limit)]
     )
-    return [(p, subcategory[p], 0) for p in chosen]
+    return [(p, subcategory[p], seed) for p in chosen for seed in range(seeds)]
+
+
+def prompt_renders(prompts: list[str], seed: int) -> list[tuple[str, torch.Tensor]]:
+    """A correct render of each prompt (a repeated prompt gets another layout each time): the data a
+    perfect reward model would keep if the model drew perfectly."""
+    images = []
+    for i, prompt in enumerate(prompts):
+        image = np.asarray(render_prompt(prompt, seed * 1_000_003 + i), dtype=np.float32) / 255.0
+        images.append((prompt, torch.from_numpy(image).permute(2, 0, 1).contiguous()))
+    return images
 
 
 def parse_setting(text: str) -> tuple[float, int, int, float, float | None]:
@@ -123,10 +138,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--data",
-        choices=("kept", "renders", "mixed"),
+        choices=("kept", "renders", "prompt-renders", "mixed"),
         default="kept",
         help="what trains: the kept samples; as many correct renders of pretraining prompts instead (the "
-        "control); or both (renders as a regulariser)",
+        "control); correct renders of the training prompts themselves (what a perfect choice among "
+        "perfect drawings would keep); or kept samples and renders (renders as a regulariser)",
     )
     parser.add_argument(
         "--samples-cache", type=Path, help="save the best-of-N draws here, or reuse them (same loop run)"
@@ -160,6 +176,7 @@ def main() -> None:
         default=0,
         help="also score p_0 and every p_1 on up to N of the training prompts (fresh noise, one seed each)",
     )
+    parser.add_argument("--eval-train-seeds", type=int, default=1, help="seeds per training prompt scored")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "raft_sweep.json")
     args = parser.parse_args()
@@ -200,9 +217,14 @@ def main() -> None:
     # Each prompt ``repeat`` times: as many kept samples per prompt, each the best of its own candidates
     # (the sampling noise runs on from one draw to the next).
     drawn = [p for p in prompts for _ in range(args.repeat)]
-    if args.data == "renders":
-        # The control reads no draws: as many correct renders as the kept samples would be.
-        ranked = RewardRankedSamples(world_pretrain_data(len(drawn), config.seed), float("nan"), float("nan"))
+    if args.data in ("renders", "prompt-renders"):
+        # The controls read no draws: as many correct renders as the kept samples would be.
+        renders = (
+            world_pretrain_data(len(drawn), config.seed)
+            if args.data == "renders"
+            else prompt_renders(drawn, config.seed)
+        )
+        ranked = RewardRankedSamples(renders, float("nan"), float("nan"))
     else:
         ranked = ranked_samples(
             args.samples_cache,
@@ -214,7 +236,9 @@ def main() -> None:
     kept_oracle = float(
         oracle_evaluator([p for p, _ in ranked.samples], torch.stack([i for _, i in ranked.samples])).mean()
     )
-    train_items = train_eval_set(ranked.samples, args.eval_train) if args.eval_train > 0 else []
+    train_items = (
+        train_eval_set(ranked.samples, args.eval_train, args.eval_train_seeds) if args.eval_train > 0 else []
+    )
     train_base = None
     if train_items:
         train_prompts = [p for p, _, _ in train_items]
@@ -235,7 +259,7 @@ def main() -> None:
         ranked = dataclasses.replace(ranked, samples=samples)
         print(f"{args.data}: {len(samples)} training images ({len(renders)} correct renders)", flush=True)
     sampling_seconds = round(time.perf_counter() - started, 1)
-    if args.data == "renders":
+    if args.data in ("renders", "prompt-renders"):
         print(f"control: {len(ranked.samples)} correct renders, oracle {kept_oracle:.3f}", flush=True)
     else:
         print(
@@ -355,8 +379,10 @@ def main() -> None:
                 "train_prompts": len(prompts),
                 "train_images": len(ranked.samples),
                 # No rewards chose the control's renders.
-                "chosen_reward": None if args.data == "renders" else ranked.chosen_reward,
-                "candidate_reward": None if args.data == "renders" else ranked.candidate_reward,
+                "chosen_reward": None if args.data in ("renders", "prompt-renders") else ranked.chosen_reward,
+                "candidate_reward": None
+                if args.data in ("renders", "prompt-renders")
+                else ranked.candidate_reward,
                 "sampling_seconds": sampling_seconds,
                 "eval_images": len(items),
                 "p0": summarise(items, base_oracle),

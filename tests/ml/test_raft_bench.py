@@ -117,6 +117,12 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
     control = json.loads(repeated.read_text())
     assert (control["train_images"], control["chosen_reward"], control["data"]) == (12, None, "renders")
     assert control["kept_oracle"] > twice["kept_oracle"]  # correct renders against p_0's drawings
+    # Correct renders of the training prompts themselves, scored on two of them at two seeds each.
+    own = ["--data", "prompt-renders", "--eval-train", "2", "--eval-train-seeds", "2"]
+    _run("bench/raft_sweep.py", "--loop-dir", str(loop), *small, *own, "--out", str(repeated))
+    perfect = json.loads(repeated.read_text())
+    assert (perfect["train_images"], perfect["data"], perfect["kept_oracle"]) == (12, "prompt-renders", 1.0)
+    assert perfect["train_eval_images"] == 4 and perfect["chosen_reward"] is None
 
     # Saved draws made at guidance 3 are not reused as if they had been drawn at another guidance.
     refused = subprocess.run(
