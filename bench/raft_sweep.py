@@ -78,6 +78,19 @@ def train_eval_set(
     return [(p, subcategory[p], seed) for p in chosen for seed in range(seeds)]
 
 
+@torch.no_grad()
+def fit_loss(policy, samples: list[tuple[str, torch.Tensor]], limit: int = 256, draws: int = 4) -> float:
+    """The world model's denoising loss on up to ``limit`` of its training images, at fixed noise and
+    timesteps (the same for every model): does the deployed model fit what it was trained on?"""
+    images = torch.stack([image for _, image in samples[:limit]])
+    prompts = [prompt for prompt, _ in samples[:limit]]
+    losses = [
+        float(policy.model.training_loss(images, prompts, generator=torch.Generator().manual_seed(draw)))
+        for draw in range(draws)
+    ]
+    return sum(losses) / len(losses)
+
+
 def prompt_renders(prompts: list[str], seed: int) -> list[tuple[str, torch.Tensor]]:
     """A correct render of each prompt (a repeated prompt gets another layout each time): the data a
     perfect reward model would keep if the model drew perfectly."""
@@ -239,7 +252,7 @@ def main() -> None:
     train_items = (
         train_eval_set(ranked.samples, args.eval_train, args.eval_train_seeds) if args.eval_train > 0 else []
     )
-    train_base = None
+    train_base = base_fit = None
     if train_items:
         train_prompts = [p for p, _, _ in train_items]
         train_base_images = generate(
@@ -250,6 +263,8 @@ def main() -> None:
             TRAIN_NOISE_BASE,
         )
         train_base = oracle_evaluator(train_prompts, train_base_images).tolist()
+        fit_samples = ranked.samples  # before any renders are mixed in: the same images for every model
+        base_fit = fit_loss(load_policy("world", base_path), fit_samples)
         print(f"p_0 on {len(train_items)} training prompts: {summarise(train_items, train_base)}", flush=True)
     if args.data == "mixed":
         # Correct renders mixed in with the kept samples: do they hold the model in place? (Alone, above, they
@@ -331,6 +346,7 @@ def main() -> None:
                 if train_items
                 else None
             )
+            train_fit = fit_loss(policy, fit_samples) if train_items else None
         oracle = oracle_evaluator(eval_prompts, images).tolist()
         diff = paired_bootstrap(items, base_oracle, oracle, reps=2000, seed=0)
         row = {
@@ -350,6 +366,7 @@ def main() -> None:
         if train_images is not None:
             on_train = oracle_evaluator(train_prompts, train_images).tolist()
             row["train_oracle"] = summarise(train_items, on_train)
+            row["fit_loss"] = train_fit
             row["train_oracle_gain"] = paired_bootstrap(train_items, train_base, on_train, reps=2000, seed=0)
         results.append(row)
         d = diff["overall"]
@@ -363,7 +380,8 @@ def main() -> None:
         if train_images is not None:
             t = row["train_oracle_gain"]["overall"]
             print(
-                f"  on the training prompts: gain {t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}]",
+                f"  on the training prompts: gain {t['diff']:+.3f} [{t['lo']:+.3f}, {t['hi']:+.3f}]; "
+                f"denoising loss on the training images {base_fit:.4f} -> {train_fit:.4f}",
                 flush=True,
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -389,6 +407,7 @@ def main() -> None:
                 "p0_hacking": hacking_stats(items, base_images),
                 "train_eval_images": len(train_items),
                 "p0_train": None if train_base is None else summarise(train_items, train_base),
+                "p0_fit_loss": base_fit,
                 "best_of_n": baseline,
                 "settings": results,
                 "seconds": round(time.perf_counter() - t0, 1),

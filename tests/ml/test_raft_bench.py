@@ -96,6 +96,7 @@ def test_a_raft_loop_run_trains_on_its_kept_samples_and_the_sweep_reuses_its_rew
             result["p0_train"]["overall"] + gain["diff"]
         )
     assert "on the training prompts: gain" in sweep.stdout
+    assert result["p0_fit_loss"] > 0 and all(s["fit_loss"] > 0 for s in result["settings"])
 
     # The same fine-tuning path with as many correct renders mixed in (reusing the saved draws).
     control = tmp_path / "control.json"
