@@ -60,6 +60,7 @@ from training.ml.world.layout import render_prompt  # noqa: E402
 from training.ml.world.vocab import REWARD_CATEGORY, SUBCATEGORIES  # noqa: E402
 
 LABELS = {"AB": "attribute_binding", "SP": "spatial", "NS": "non_spatial"}
+CONTROLS = ("renders", "prompt-renders")  # training data no reward model chose
 # Noise for the training prompts' evaluation: clear of EVAL_NOISE_BASE's range (50,000 + 97 per image).
 TRAIN_NOISE_BASE = 200_000
 
@@ -220,7 +221,8 @@ def main() -> None:
     items = eval_set(args.eval_per_sub, args.eval_seeds)
     eval_prompts = [p for p, _, _ in items]
     assert not set(eval_prompts) & set(prompts), "held-out prompts leaked into the training prompts"
-    base_images = generate(load_policy("world", base_path), items, fb.sampling_steps, fb.guidance_scale)
+    base_policy = load_policy("world", base_path)  # sampling and scoring leave it unchanged
+    base_images = generate(base_policy, items, fb.sampling_steps, fb.guidance_scale)
     base_oracle = oracle_evaluator(eval_prompts, base_images).tolist()
     print(f"p_0: {summarise(items, base_oracle)} on {len(items)} images [{time.perf_counter() - t0:.0f} s]")
 
@@ -230,7 +232,7 @@ def main() -> None:
     # Each prompt ``repeat`` times: as many kept samples per prompt, each the best of its own candidates
     # (the sampling noise runs on from one draw to the next).
     drawn = [p for p in prompts for _ in range(args.repeat)]
-    if args.data in ("renders", "prompt-renders"):
+    if args.data in CONTROLS:
         # The controls read no draws: as many correct renders as the kept samples would be.
         renders = (
             world_pretrain_data(len(drawn), config.seed)
@@ -256,7 +258,7 @@ def main() -> None:
     if train_items:
         train_prompts = [p for p, _, _ in train_items]
         train_base_images = generate(
-            load_policy("world", base_path),
+            base_policy,
             train_items,
             fb.sampling_steps,
             fb.guidance_scale,
@@ -264,7 +266,7 @@ def main() -> None:
         )
         train_base = oracle_evaluator(train_prompts, train_base_images).tolist()
         fit_samples = ranked.samples  # before any renders are mixed in: the same images for every model
-        base_fit = fit_loss(load_policy("world", base_path), fit_samples)
+        base_fit = fit_loss(base_policy, fit_samples)
         print(f"p_0 on {len(train_items)} training prompts: {summarise(train_items, train_base)}", flush=True)
     if args.data == "mixed":
         # Correct renders mixed in with the kept samples: do they hold the model in place? (Alone, above, they
@@ -274,7 +276,7 @@ def main() -> None:
         ranked = dataclasses.replace(ranked, samples=samples)
         print(f"{args.data}: {len(samples)} training images ({len(renders)} correct renders)", flush=True)
     sampling_seconds = round(time.perf_counter() - started, 1)
-    if args.data in ("renders", "prompt-renders"):
+    if args.data in CONTROLS:
         print(f"control: {len(ranked.samples)} correct renders, oracle {kept_oracle:.3f}", flush=True)
     else:
         print(
@@ -397,10 +399,8 @@ def main() -> None:
                 "train_prompts": len(prompts),
                 "train_images": len(ranked.samples),
                 # No rewards chose the control's renders.
-                "chosen_reward": None if args.data in ("renders", "prompt-renders") else ranked.chosen_reward,
-                "candidate_reward": None
-                if args.data in ("renders", "prompt-renders")
-                else ranked.candidate_reward,
+                "chosen_reward": None if args.data in CONTROLS else ranked.chosen_reward,
+                "candidate_reward": None if args.data in CONTROLS else ranked.candidate_reward,
                 "sampling_seconds": sampling_seconds,
                 "eval_images": len(items),
                 "p0": summarise(items, base_oracle),
