@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -97,3 +98,24 @@ def test_pretraining_is_reproducible_from_the_seed():
     second, _ = pretrain(config, log=None)
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_continued_pretraining_starts_from_the_saved_model_and_records_the_steps_before(tmp_path):
+    first = PretrainConfig(steps=30, batch_size=8, warmup_steps=5, ema_decay=0.9, seed=3, model=TINY)
+    saved, _ = pretrain(first, out=tmp_path / "first", log=None)
+    more = PretrainConfig(
+        steps=4, batch_size=8, learning_rate=1e-4, seed=4, model=TINY, init=str(tmp_path / "first")
+    )
+    continued, record = pretrain(more, out=tmp_path / "more", log=None)
+    fresh, _ = pretrain(dataclasses.replace(more, init=None), log=None)
+    # A few small steps from the saved weights stay near them; the same steps from scratch do not.
+    assert fixed_batch_loss(continued) < 0.8 * fixed_batch_loss(fresh)
+    assert fixed_batch_loss(continued) < 1.2 * fixed_batch_loss(saved)
+    assert record["steps_before"] == 30
+    info = json.loads((tmp_path / "more" / "train_info.json").read_text())
+    assert info["config"]["init"] == str(tmp_path / "first") and info["steps_before"] == 30
+    _, again = pretrain(dataclasses.replace(more, init=str(tmp_path / "more"), steps=2), log=None)
+    assert again["steps_before"] == 34  # a chain of continuations adds up
+    other = dataclasses.replace(TINY, text_dim=16)
+    with pytest.raises(ValueError, match="another architecture"):
+        pretrain(dataclasses.replace(more, model=other), log=None)

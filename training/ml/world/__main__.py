@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--lr", type=float, default=defaults.learning_rate)
     train.add_argument("--threads", type=int, default=defaults.threads)
+    train.add_argument(
+        "--init",
+        type=Path,
+        help="continue pretraining this saved base model (same architecture) instead of starting anew",
+    )
     train.add_argument("--channels", type=_channels, default=model_defaults.block_out_channels)
     train.add_argument("--prediction-type", default=model_defaults.prediction_type)
     train.add_argument(
@@ -139,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             threads=args.threads,
             model=model_config,
+            init=None if args.init is None else str(args.init),
         )
         command = "python -m training.ml.world " + " ".join(shlex.quote(a) for a in argv)
         _, record = pretrain(config, out=args.out, command=command)

@@ -7,6 +7,7 @@ draw (prompts, render seeds, noise, timesteps, initial weights) derived from the
 from __future__ import annotations
 
 import copy
+import json
 import math
 import platform
 import time
@@ -38,6 +39,9 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 2
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    # A saved base model to continue from (its weights start both the trained model and its EMA; the
+    # schedule above restarts): a longer pretraining without repeating the steps already paid for.
+    init: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -107,6 +111,20 @@ def pretrain(
         torch.use_deterministic_algorithms(deterministic)
 
 
+def _initial_model(config: PretrainConfig) -> tuple[WorldDiffusionModel, dict[str, Any] | None]:
+    """A fresh model, or the one ``config.init`` names with the training record it was saved with."""
+    if config.init is None:
+        return WorldDiffusionModel(config.model), None
+    model = WorldDiffusionModel.from_pretrained(config.init)
+    if model.config.to_dict() != config.model.to_dict():
+        raise ValueError(
+            f"{config.init} holds a model of another architecture than the one configured: "
+            f"{model.config.to_dict()} vs {config.model.to_dict()}"
+        )
+    info_path = Path(config.init) / "train_info.json"
+    return model, json.loads(info_path.read_text()) if info_path.exists() else None
+
+
 def _pretrain(
     config: PretrainConfig,
     out: str | Path | None,
@@ -114,7 +132,7 @@ def _pretrain(
     command: str | None,
 ) -> tuple[WorldDiffusionModel, dict[str, Any]]:
     set_deterministic(config.seed, config.threads)
-    model = WorldDiffusionModel(config.model)
+    model, earlier = _initial_model(config)
     model.train()
     ema = copy.deepcopy(model).eval()
     for parameter in ema.parameters():
@@ -160,6 +178,8 @@ def _pretrain(
         "loss_first_50": float(np.mean(losses[:50])),
         "loss_last_50": float(np.mean(losses[-50:])),
         "loss_curve": [round(float(np.mean(losses[i : i + 10])), 4) for i in range(0, len(losses), 10)],
+        # Continued from a saved model: the steps before this run, so the total is on record.
+        "steps_before": 0 if config.init is None else _total_steps(earlier),
         "parameters": model.num_parameters(),
         "torch": torch.__version__,
         "machine": platform.machine(),
@@ -170,6 +190,16 @@ def _pretrain(
     if out is not None:
         ema.save_pretrained(out, train_info=record)
     return ema, record
+
+
+def _total_steps(record: dict[str, Any] | None) -> int | None:
+    """Pretraining steps behind a saved model (None when its record is missing)."""
+    if record is None:
+        return None
+    before = record.get("steps_before", 0)
+    if before is None:
+        return None
+    return int(before) + int(record["config"]["steps"])
 
 
 def _cpu_model() -> str:
