@@ -102,14 +102,16 @@ def prompt_renders(prompts: list[str], seed: int) -> list[tuple[str, torch.Tenso
     return images
 
 
-def parse_setting(text: str) -> tuple[float, int, int, float, float | None]:
+def parse_setting(text: str) -> tuple[float, int, int, float, float | None, float]:
+    """lr:steps:batch[:caption dropout[:EMA decay[:noise floor]]]; an EMA decay of "-" is none."""
     lr, steps, batch, *rest = text.split(":")
     return (
         float(lr),
         int(steps),
         int(batch),
         float(rest[0]) if rest else RaftStageConfig().caption_dropout,
-        float(rest[1]) if len(rest) > 1 else None,
+        float(rest[1]) if len(rest) > 1 and rest[1] != "-" else None,
+        float(rest[2]) if len(rest) > 2 else RaftStageConfig().noise_floor,
     )
 
 
@@ -148,7 +150,7 @@ def main() -> None:
         action="append",
         type=parse_setting,
         required=True,
-        help="lr:steps:batch[:caption dropout[:EMA decay]]",
+        help="lr:steps:batch[:caption dropout[:EMA decay (- for none)[:noise floor]]]",
     )
     parser.add_argument(
         "--data",
@@ -318,13 +320,13 @@ def main() -> None:
         )
 
     results = []
-    for lr, steps, batch, dropout, ema in args.setting:
+    for lr, steps, batch, dropout, ema, floor in args.setting:
         setting = dataclasses.replace(
             config,
             feedback=dataclasses.replace(
                 fb, learning_rate=lr, steps=steps, batch_size=batch, ema_decay=ema, warmup_steps=args.warmup
             ),
-            raft=dataclasses.replace(config.raft, caption_dropout=dropout),
+            raft=dataclasses.replace(config.raft, caption_dropout=dropout, noise_floor=floor),
         )
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
@@ -357,6 +359,7 @@ def main() -> None:
             "batch_size": batch,
             "caption_dropout": dropout,
             "ema_decay": ema,
+            "noise_floor": floor,
             "warmup_steps": args.warmup,
             "lora": args.lora,
             "final_loss": result.checkpoint.metrics["last"].get("loss"),
@@ -374,7 +377,7 @@ def main() -> None:
         d = diff["overall"]
         per = " ".join(f"{label} {diff[c]['diff']:+.3f}" for label, c in LABELS.items())
         print(
-            f"lr {lr:g} steps {steps} batch {batch} dropout {dropout:g} EMA {ema}: oracle {row['oracle']['overall']:.3f} gain {d['diff']:+.3f} "
+            f"lr {lr:g} steps {steps} batch {batch} dropout {dropout:g} EMA {ema} floor {floor:g}: oracle {row['oracle']['overall']:.3f} gain {d['diff']:+.3f} "
             f"[{d['lo']:+.3f}, {d['hi']:+.3f}] ({per}); extras {row['hacking']['extra_objects']:.3f} "
             f"({row['seconds']:.0f} s)",
             flush=True,

@@ -406,6 +406,12 @@ def main() -> None:
         "--raft-caption-dropout", type=float, default=0.1, help="share of empty captions in RAFT's loss"
     )
     parser.add_argument(
+        "--raft-noise-floor",
+        type=float,
+        default=0.0,
+        help="RAFT's denoising loss trains timesteps in [floor*T, T) only",
+    )
+    parser.add_argument(
         "--raft-guidance",
         type=float,
         default=None,
@@ -444,6 +450,7 @@ def main() -> None:
             base.raft,
             candidates=args.raft_candidates,
             caption_dropout=args.raft_caption_dropout,
+            noise_floor=args.raft_noise_floor,
             guidance_scale=args.raft_guidance,
         ),
         reward=dataclasses.replace(

@@ -166,6 +166,17 @@ class RoundForm(forms.Form):
             "scale above. At 1 the kept samples are the conditional model's own, which sampling then guides."
         ),
     )
+    raft_noise_floor = forms.FloatField(
+        required=False,
+        min_value=0,
+        max_value=0.99,
+        initial=_RA.noise_floor,
+        label="Noise floor",
+        help_text=(
+            "Reward-ranked fine-tuning only: the denoising loss trains noise levels from this share of the "
+            "schedule upwards; 0 trains every level, a higher floor only the noisy ones, where layout is decided."
+        ),
+    )
     samples_per_prompt = forms.IntegerField(min_value=1, max_value=2, initial=_P.samples_per_prompt)
     share_of_prompts = forms.FloatField(min_value=0, max_value=1, initial=_P.share_of_prompts)
     prompts_per_category = forms.IntegerField(min_value=1, initial=_P.prompts_per_category)
@@ -223,6 +234,7 @@ class RoundForm(forms.Form):
             candidates=_RA.candidates if candidates is None else candidates,
             caption_dropout=_RA.caption_dropout if dropout is None else dropout,
             guidance_scale=data.get("raft_guidance_scale"),
+            noise_floor=data.get("raft_noise_floor") or _RA.noise_floor,
         )
 
     @staticmethod

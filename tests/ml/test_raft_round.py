@@ -74,6 +74,14 @@ def test_raft_trains_on_the_denoising_loss_alone_and_draws_no_other_denoising_da
     config = raft_round(reward_scale=0.5, pretrain_loss_weight=0.25)
     refl = refl_config(config, 0, guard=True)
     assert (refl.reward_scale, refl.pretrain_loss_weight, refl.caption_dropout) == (0.0, 1.0, 0.1)
+    assert refl.pretrain_noise_floor == 0.0
+    floored = dataclasses.replace(config, raft=dataclasses.replace(config.raft, noise_floor=0.6))
+    assert refl_config(floored, 0, guard=True).pretrain_noise_floor == 0.6
+    assert (
+        refl_config(dataclasses.replace(floored, objective="refl"), 0, guard=True).pretrain_noise_floor == 0.0
+    )
+    with pytest.raises(RoundConfigError, match="noise floor"):
+        RaftStageConfig(noise_floor=1.0)
     assert pretrain_data(config, "world", 0) is None
     # The same section under ReFL keeps what the admin set.
     as_refl = dataclasses.replace(config, objective="refl")
@@ -301,9 +309,10 @@ def test_the_loop_command_line_sets_the_objective_its_candidates_and_the_feedbac
     args = build_parser().parse_args(
         ["--out", str(tmp_path), "--objective", "raft", "--raft-candidates", "6"]
         + ["--raft-caption-dropout", "0.2", "--feedback-prompts-per-category", "40", "--raft-guidance", "1"]
+        + ["--raft-noise-floor", "0.5"]
     )
     round_config = config_from_args(args).round
-    assert (round_config.objective, round_config.raft) == ("raft", RaftStageConfig(6, 0.2, 1.0))
+    assert (round_config.objective, round_config.raft) == ("raft", RaftStageConfig(6, 0.2, 1.0, 0.5))
     assert round_config.feedback.prompts_per_category == 40
     assert round_config.feedback.ema_decay is None
     with_ema = build_parser().parse_args(

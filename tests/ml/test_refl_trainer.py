@@ -300,6 +300,36 @@ def test_caption_dropout_trains_the_unconditional_branch_on_the_same_batch():
         config(caption_dropout=1.0)
 
 
+def test_a_noise_floor_draws_the_denoising_timesteps_from_the_noisy_end_only():
+    data = [
+        (p, torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(i))) for i, p in enumerate(PROMPTS)
+    ]
+    drawn: list[list[int]] = []
+
+    def steps(floor: float) -> list[int]:
+        cfg = config(reward_scale=0.0, pretrain_loss_weight=1.0, pretrain_noise_floor=floor, seed=5)
+        trainer = ReFLTrainer(sd15(), cfg, {"red": redness}, PROMPTS, pretrain_data=data)
+        denoise = trainer.adapter.denoise
+
+        def spy(unet, x, t, cond):
+            drawn.append([int(v) for v in t])
+            return denoise(unet, x, t, cond)
+
+        trainer.adapter.denoise = spy
+        for _ in range(20):
+            trainer.train_step()
+        return [t for batch in drawn[-20:] for t in batch]
+
+    num_train = sd15().scheduler.config.num_train_timesteps
+    anywhere = steps(0.0)
+    assert min(anywhere) < num_train // 2 <= max(anywhere)  # 40 uniform draws: both halves (p > 1 - 1e-11)
+    noisy = steps(0.5)
+    assert min(noisy) >= num_train // 2 and max(noisy) < num_train
+    assert steps(0.999)[:4] == [num_train - 1] * 4  # the floor never empties the range
+    with pytest.raises(ValueError, match="pretrain_noise_floor"):
+        config(pretrain_noise_floor=1.0)
+
+
 def test_kl_penalty_is_zero_at_the_reference_and_pulls_lora_back_towards_it():
     trainer = ReFLTrainer(
         sd15(), config(reward_scale=0.0, kl_weight=1.0, learning_rate=2e-2), {"red": redness}, PROMPTS

@@ -259,33 +259,47 @@ def test_an_admin_chooses_reward_ranked_fine_tuning_and_its_candidates_and_other
     assert 'data-objective="raft"' in page
     response = client.post(
         "/training/rounds/new/",
-        _form(objective="raft", raft_candidates="8", raft_caption_dropout="0.2", raft_guidance_scale="1"),
+        _form(
+            objective="raft",
+            raft_candidates="8",
+            raft_caption_dropout="0.2",
+            raft_guidance_scale="1",
+            raft_noise_floor="0.5",
+        ),
     )
     assert response.status_code == 302
     config = TrainingRound.objects.get().config
     assert (config["objective"], config["raft"]) == (
         "raft",
-        {"candidates": 8, "caption_dropout": 0.2, "guidance_scale": 1.0},
+        {"candidates": 8, "caption_dropout": 0.2, "guidance_scale": 1.0, "noise_floor": 0.5},
     )
     assert (
-        "Reward-ranked fine-tuning (best of 8, drawn at guidance 1.0)"
+        "Reward-ranked fine-tuning (best of 8, drawn at guidance 1.0, noise levels from 0.5 up)"
         in client.get(response["Location"]).content.decode()
     )
     TrainingRound.objects.all().delete()
     # Left empty: the candidates are drawn at the round's guidance, and the page says nothing extra.
     response = client.post("/training/rounds/new/", _form(objective="raft", raft_candidates="8"))
     assert TrainingRound.objects.get().config["raft"]["guidance_scale"] is None
+    assert TrainingRound.objects.get().config["raft"]["noise_floor"] == 0.0
     assert "Reward-ranked fine-tuning (best of 8)" in client.get(response["Location"]).content.decode()
     TrainingRound.objects.all().delete()
     response = client.post("/training/rounds/new/", _form(objective="raft", raft_candidates="1"))
     assert response.status_code == 400 and not TrainingRound.objects.exists()
     # A ReFL round never reads the candidates: what the hidden field posted is not stored.
-    refl = _form(objective="refl", raft_candidates="8", raft_caption_dropout="0.5", raft_guidance_scale="2")
+    refl = _form(
+        objective="refl",
+        raft_candidates="8",
+        raft_caption_dropout="0.5",
+        raft_guidance_scale="2",
+        raft_noise_floor="0.5",
+    )
     assert client.post("/training/rounds/new/", refl).status_code == 302
     assert TrainingRound.objects.get().config["raft"] == {
         "candidates": 4,
         "caption_dropout": 0.1,
         "guidance_scale": None,
+        "noise_floor": 0.0,
     }
 
 

@@ -703,6 +703,7 @@ ROUND_FLAGS: dict[str, tuple[str | None, str]] = {
     "raft_candidates": ("raft", "candidates"),
     "raft_caption_dropout": ("raft", "caption_dropout"),
     "raft_guidance": ("raft", "guidance_scale"),
+    "raft_noise_floor": ("raft", "noise_floor"),
     "feedback_prompts_per_category": ("feedback", "prompts_per_category"),
     "reward_hidden": ("reward", "hidden_size"),
     "reward_layers": ("reward", "layers"),
@@ -774,6 +775,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--raft-caption-dropout", type=float, help="share of empty captions in RAFT's denoising loss"
+    )
+    parser.add_argument(
+        "--raft-noise-floor",
+        type=float,
+        help="RAFT's denoising loss trains timesteps in [floor·T, T) only (0: every noise level)",
     )
     parser.add_argument(
         "--ema-decay", type=float, help="EMA of the fine-tuned weights, deployed and guarded (ReFL, raft)"

@@ -196,8 +196,12 @@ class RaftStageConfig:
     # candidates drawn at guidance 1 are samples of that branch, chosen; guided candidates put the guidance
     # into the branch and sampling with guidance again applies it twice.
     guidance_scale: float | None = None
+    # The denoising loss trains on timesteps in [noise_floor · T, T): 0 trains every noise level as
+    # pretraining does; a higher floor only the noisy ones, where the layout the rewards chose is decided.
+    noise_floor: float = 0.0
 
     def __post_init__(self) -> None:
+        _check(0 <= self.noise_floor < 1, "RAFT's noise floor must be in [0, 1)")
         _check(2 <= self.candidates <= 64, "reward-ranked fine-tuning needs between 2 and 64 candidates")
         _check(0 <= self.caption_dropout < 1, "caption dropout must be in [0, 1)")
         _check(

@@ -152,6 +152,7 @@ def refl_config(config: RoundConfig, iteration: int, guard: bool) -> ReFLConfig:
         reward_scale=0.0 if config.objective == "raft" else fb.reward_scale,
         pretrain_loss_weight=1.0 if config.objective == "raft" else fb.pretrain_loss_weight,
         caption_dropout=config.raft.caption_dropout if config.objective == "raft" else 0.0,
+        pretrain_noise_floor=config.raft.noise_floor if config.objective == "raft" else 0.0,
         train_mode="lora" if fb.lora else "full",
         lora=LoRASettings(rank=fb.lora_rank),
         ema_decay=fb.ema_decay,

@@ -114,6 +114,10 @@ class ReFLConfig:
     # classifier-free guidance subtracts learns from the same images (as in pretraining); 0 trains the
     # conditional branch alone.
     caption_dropout: float = 0.0
+    # The denoising loss's timesteps are drawn from [floor · T, T) instead of [0, T): 0 is pretraining's
+    # uniform draw; a higher floor spends every step on the noise levels where a sample's layout (which
+    # object where, in which colour) is decided, none on the fine detail the last steps add.
+    pretrain_noise_floor: float = 0.0
     kl_weight: float = 0.0  # penalty on the distance to the frozen reference model's prediction
     train_mode: TrainMode = "lora"
     lora: LoRASettings = dataclasses.field(default_factory=LoRASettings)
@@ -161,6 +165,8 @@ class ReFLConfig:
             raise ValueError("loss weights must be non-negative")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if not 0 <= self.pretrain_noise_floor < 1:
+            raise ValueError(f"pretrain_noise_floor must be in [0, 1), got {self.pretrain_noise_floor}")
         if self.pretrain_batch_size is not None and self.pretrain_batch_size < 1:
             raise ValueError("pretrain_batch_size must be >= 1")
         if self.train_mode not in ("lora", "full"):

@@ -254,7 +254,8 @@ class ReFLTrainer:
         clean = adapter.encode_images(images, generator=generator).to(adapter.dtype)
         noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
         num_train = adapter.scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, num_train, (batch,), generator=generator).to(clean.device)
+        lowest = min(num_train - 1, round(cfg.pretrain_noise_floor * num_train))
+        timesteps = torch.randint(lowest, num_train, (batch,), generator=generator).to(clean.device)
         prompts = [self.pretrain_data[i][0] for i in index]
         if cfg.caption_dropout > 0:
             # Drawn only when asked for, so runs without dropout keep their exact batches.
