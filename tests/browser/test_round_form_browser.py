@@ -82,20 +82,28 @@ def test_reward_ranked_fine_tuning_shows_only_its_candidates_and_starts_with_the
     expect(page.locator("#id_raft_candidates")).to_be_hidden()
     expect(page.locator("#id_raft_caption_dropout")).to_be_hidden()
     expect(page.locator("#id_raft_guidance_scale")).to_be_hidden()
+    expect(page.locator("#id_raft_noise_floor")).to_be_hidden()
     page.get_by_label("Reward-ranked fine-tuning").check()
     expect(page.locator("#id_raft_candidates")).to_be_visible()
     expect(page.locator("#id_raft_caption_dropout")).to_be_visible()
     expect(page.locator("#id_raft_guidance_scale")).to_be_visible()
+    expect(page.locator("#id_raft_noise_floor")).to_be_visible()
     for selector in DPO_FIELDS:
         expect(page.locator(selector)).to_be_hidden()
     page.fill("#id_raft_candidates", "6")
     page.fill("#id_raft_guidance_scale", "1")
+    page.fill("#id_raft_noise_floor", "0.5")
 
     training_round = _queue(page)
 
     assert training_round.config["objective"] == "raft"
-    assert training_round.config["raft"] == {"candidates": 6, "caption_dropout": 0.1, "guidance_scale": 1.0}
+    assert training_round.config["raft"] == {
+        "candidates": 6,
+        "caption_dropout": 0.1,
+        "guidance_scale": 1.0,
+        "noise_floor": 0.5,
+    }
     expect(page.locator("[data-role=objective]")).to_have_text(
-        "Reward-ranked fine-tuning (best of 6, drawn at guidance 1.0)"
+        "Reward-ranked fine-tuning (best of 6, drawn at guidance 1.0, noise levels from 0.5 up)"
     )
     assert page.console_errors == []
