@@ -60,7 +60,11 @@ def test_the_dpo_bench_writes_bench_results_keys_like_the_refl_learning_validity
     # p_1 is the DPO checkpoint, trained on the panel's rankings of p_0's own samples.
     metrics = json.loads((tmp_path / "loop" / "iter_0" / "metrics.json").read_text())
     assert metrics["objective"] == "dpo" and metrics["refl"]["objective"] == "dpo"
-    # Two groups of three per category, three categories: at most 6 × C(3, 2) pairs, one prompt held out.
-    assert 0 < metrics["refl"]["pairs"] <= 6 * 3 and metrics["refl"]["heldout_pairs"] > 0
+    # Two groups of three per category, three categories: at most 6 × C(3, 2) pairs, and at least one
+    # prompt held out. Its pairs are evaluated unless the panel tied them all: how many ties there are
+    # depends on the samples, which depend on the CPU's float path, so a count of zero is possible.
+    dpo = metrics["refl"]
+    assert dpo["pairs"] > 0 and dpo["heldout_prompts"] >= 1
+    assert dpo["pairs"] + dpo["heldout_pairs"] <= 6 * 3
     assert metrics["refl"]["steps"] == 3
     assert "Diffusion-DPO per iteration" in result.stdout

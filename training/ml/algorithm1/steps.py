@@ -797,6 +797,8 @@ def finetune_dpo(
         "stop_reason": summary.stop_reason,
         "pairs": len(trainer.pairs),
         "heldout_pairs": len(heldout),
+        # Prompts held out, whether or not the panel decided any of their pairs (ties are not evaluated).
+        "heldout_prompts": len({p.prompt for p in heldout_pairs}),
         "last": summary.last_metrics,
         "heldout": {k: v for k, v in curve[-1].items() if k.startswith("val/")} if heldout else {},
         # The final held-out implicit reward accuracy under a plain name (pages cannot read "val/...").
