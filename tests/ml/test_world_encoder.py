@@ -226,6 +226,22 @@ def test_model_evaluation_reports_the_share_of_images_with_each_fact_right():
     assert scores.by_subcategory == {"color": 1.0, "spatial": 1.0}
 
 
+def test_model_evaluation_records_every_image_with_its_seed_so_two_models_pair_up():
+    from training.ml.world.evaluate import evaluate_model
+
+    prompts = {"color": ["a red circle and a blue square", "a green circle and a red square"]}
+    first = evaluate_model(_CorrectRenderer(), prompts, seeds_per_prompt=2, steps=1, guidance=1.0)
+    second = evaluate_model(_CorrectRenderer(), prompts, seeds_per_prompt=2, steps=1, guidance=3.0)
+    assert [(p, sub, seed) for p, sub, seed, _ in first.per_image] == [
+        ("a red circle and a blue square", "color", 1000),
+        ("a red circle and a blue square", "color", 1001),
+        ("a green circle and a red square", "color", 1002),
+        ("a green circle and a red square", "color", 1003),
+    ]
+    assert [r[:3] for r in second.per_image] == [r[:3] for r in first.per_image]
+    assert [r[3] for r in first.per_image] == [1.0, 1.0, 1.0, 1.0]
+
+
 def test_a_ranked_pair_is_one_caption_with_a_correct_render_and_a_swapped_or_misplaced_one():
     specs = encoder_prompt_specs(held_out=False)
     rng = np.random.default_rng(0)

@@ -21,6 +21,9 @@ class ModelScores:
     # Shares over all images: every named object present / every stated attribute right (of the images
     # whose prompt states one) / relation right (relation prompts) / at least one object not asked for.
     facts: dict[str, float] | None = None
+    # (prompt, subcategory, seed, oracle score) of every image, in sampling order: two models evaluated on the
+    # same prompts share their seeds, hence their starting noise, so their scores can be compared pair by pair.
+    per_image: tuple[tuple[str, str, int, float], ...] = ()
 
     @property
     def overall(self) -> float:
@@ -42,6 +45,7 @@ def evaluate_model(
     first_images: dict[str, torch.Tensor] = {}
     total = 0
     counts = {"object_present": [], "attribute_right": [], "relation_right": [], "extras": []}
+    per_image: list[tuple[str, str, int, float]] = []
     model.eval()
     for subcategory, texts in prompts.items():
         # Distinct starting noise for every (prompt, k): a shared seed would give every prompt the same layout.
@@ -58,10 +62,11 @@ def evaluate_model(
             )
             if subcategory not in first_images:
                 first_images[subcategory] = images
-            for (text, _), image in zip(chunk, images, strict=True):
+            for (text, seed), image in zip(chunk, images, strict=True):
                 report = oracle_report(text, image)
                 facts = report["facts"]
                 scores.append(float(report["score"]))
+                per_image.append((text, subcategory, seed, scores[-1]))
                 counts["object_present"].append(all(v for k, v in facts.items() if k.startswith("present:")))
                 attributes = [v for k, v in facts.items() if k.split(":")[0] in ("color", "texture", "size")]
                 if attributes:
@@ -74,4 +79,4 @@ def evaluate_model(
         total += len(scores)
     by_category = {cat: float(np.mean(v)) for cat, v in per_category.items() if v}
     shares = {k: float(np.mean(v)) for k, v in counts.items() if v}
-    return ModelScores(by_subcategory, by_category, total, first_images, shares)
+    return ModelScores(by_subcategory, by_category, total, first_images, shares, tuple(per_image))
