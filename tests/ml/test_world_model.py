@@ -116,6 +116,12 @@ def test_continued_pretraining_starts_from_the_saved_model_and_records_the_steps
     assert info["config"]["init"] == str(tmp_path / "first") and info["steps_before"] == 30
     _, again = pretrain(dataclasses.replace(more, init=str(tmp_path / "more"), steps=2), log=None)
     assert again["steps_before"] == 34  # a chain of continuations adds up
+    # Every stage's record travels with the model: the first run's loss curve is inside the third's record.
+    assert (
+        again["earlier"]["earlier"]["loss_curve"]
+        == json.loads((tmp_path / "first" / "train_info.json").read_text())["loss_curve"]
+    )
+    assert again["earlier"]["earlier"]["earlier"] is None
     other = dataclasses.replace(TINY, text_dim=16)
     with pytest.raises(ValueError, match="another architecture"):
         pretrain(dataclasses.replace(more, model=other), log=None)

@@ -180,6 +180,9 @@ def _pretrain(
         "loss_curve": [round(float(np.mean(losses[i : i + 10])), 4) for i in range(0, len(losses), 10)],
         # Continued from a saved model: the steps before this run, so the total is on record.
         "steps_before": 0 if config.init is None else _total_steps(earlier),
+        # The saved model's own record (its command, loss curve and its own `earlier`), so a continued model
+        # carries every stage that made it, as the encoder's records do.
+        "earlier": earlier,
         "parameters": model.num_parameters(),
         "torch": torch.__version__,
         "machine": platform.machine(),
