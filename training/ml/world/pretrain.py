@@ -27,7 +27,7 @@ from .vocab import SUBCATEGORIES
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 6000  # the committed base model (1,400 until 2026-12-06 left it undertrained)
+    steps: int = 6000  # the committed base model's first stage (`make world-base`)
     batch_size: int = 32
     learning_rate: float = 2e-3
     warmup_steps: int = 40
