@@ -79,16 +79,16 @@ def main() -> None:
         print(f"training wall time {info.get('wall_seconds')}s, {info.get('seconds_per_step')}s/step")
     prompts = pick(held_out_prompts(), args.prompts, seed=0)
     print("held-out prompts per subcategory: " + ", ".join(f"{k} {len(v)}" for k, v in prompts.items()))
-    models = {"model": (args.model, model)}
+    models = {"model": model}
     if args.compare is not None:
         print(f"compared with: {args.compare}")
-        models["compare"] = (args.compare, WorldDiffusionModel.from_pretrained(args.compare))
+        models["compare"] = WorldDiffusionModel.from_pretrained(args.compare)
     record: dict = {"model": str(args.model), "compare": str(args.compare) if args.compare else None}
     record.update(prompts=sum(len(v) for v in prompts.values()), seeds=args.seeds, steps=args.steps)
     record["guidance"] = {}
     for guidance in (1.0, 3.0):
         results = {}
-        for role, (_path, net) in models.items():
+        for role, net in models.items():
             scores = evaluate_model(
                 net, prompts, seeds_per_prompt=args.seeds, steps=args.steps, guidance=guidance
             )
@@ -156,6 +156,12 @@ def main() -> None:
             f"repro: max |weight difference| {weight_diff:.3g} (bit-identical: {identical}), "
             f"max |oracle score difference| {score_diff:.4f} (within 0.01: {score_diff <= 0.01})"
         )
+        record["repro"] = {
+            "steps": args.repro_steps,
+            "max_weight_difference": weight_diff,
+            "bit_identical": identical,
+            "max_oracle_difference": score_diff,
+        }
     record["elapsed_seconds"] = round(time.perf_counter() - start, 1)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
