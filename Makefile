@@ -19,7 +19,7 @@ lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 # The committed world base model's recipe: 6,000 steps from scratch, then 5,000 more from those weights at a
-# quarter of the rate (about 2.3 hours on two idle cores): make world-base OUT=/tmp/base. The second stage's
+# quarter of the rate (about 2.3 hours on two idle cores): make world-base BASE_OUT=/tmp/base. The second stage's
 # train_info.json holds the first's under "earlier".
 BASE_OUT ?= runs/world-base
 world-base:

@@ -128,7 +128,8 @@ def main() -> None:
 
     if args.repro_steps > 0:
         base = PretrainConfig(
-            **{k: v for k, v in info.get("config", {}).items() if k not in ("model", "steps")}
+            # From scratch even when the model was a continuation: the check is of pretraining itself.
+            **{k: v for k, v in info.get("config", {}).items() if k not in ("model", "steps", "init")}
         )
         config = replace(base, steps=args.repro_steps, model=model.config)
         probe = pick(held_out_prompts(), 8, seed=1)
