@@ -47,6 +47,7 @@ from training.ml.loop import (  # noqa: E402
     LoopConfig,
     loop_round_config,
     print_progress,
+    reference_from_dir,
     run_loop,
     world_policy,
 )
@@ -235,8 +236,17 @@ def learning_validity_summary(
         "rm_own_accuracy": {c: r.get("own_accuracy") for c, r in last_rewards.items()},
         "rm_own_accuracy_ci_low": {c: r.get("own_accuracy_ci_low") for c, r in last_rewards.items()},
         "rm_own_pairs": {c: r.get("own_pairs") for c, r in last_rewards.items()},
-        # R_0's accuracy on held-out gallery pairs (its validation split).
-        "rm_gallery_accuracy": {c: r.get("val_accuracy") for c, r in first_rewards.items()},
+        # What any scorer can reach on those pairs (the oracle's accuracy: exact oracle ties the panel's
+        # noise ordered are coin flips), their share, and the reward models on the oracle-decidable ones.
+        "rm_own_ceiling": {c: _ref(r, "own_ceiling") for c, r in last_rewards.items()},
+        "rm_own_oracle_ties": {c: _ref(r, "own_oracle_ties") for c, r in last_rewards.items()},
+        "rm_own_decidable_accuracy": {c: _ref(r, "own_decidable_accuracy") for c, r in last_rewards.items()},
+        # R_0's accuracy on held-out gallery pairs: its validation split's pairs of two gallery images
+        # (``rm_val_accuracy``, the figure that chose its epoch, also counts own-sample pairs).
+        "rm_gallery_accuracy": {c: _ref(r, "gallery_accuracy") for c, r in first_rewards.items()},
+        "rm_gallery_pairs": {c: _ref(r, "gallery_pairs") for c, r in first_rewards.items()},
+        "rm_gallery_ceiling": {c: _ref(r, "gallery_ceiling") for c, r in first_rewards.items()},
+        "rm_val_accuracy": {c: r.get("val_accuracy") for c, r in first_rewards.items()},
         "best_of_4_gain": best_of["vs_iteration_0"]["overall"]["diff"]
         if best_of and args.best_of == 4
         else None,
@@ -244,6 +254,10 @@ def learning_validity_summary(
         "baselines": [r for r in rows if r["k"] is None],
         "reward_accuracy_on_p0_seed_pairs": results.get("reward_accuracy_on_p0"),
     }
+
+
+def _ref(reward: dict[str, Any], key: str) -> Any:
+    return (reward.get("reference") or {}).get(key)
 
 
 def _fmt(value: float | None) -> str:
@@ -507,6 +521,11 @@ def main() -> None:
             json.loads((args.loop_dir / f"iter_{k}" / "metrics.json").read_text())
             for k in range(args.iterations)
         ]
+        for k, m in enumerate(metrics):
+            # A run from before the loop measured its oracle reference: the same figures from its folder.
+            if any("reference" not in r for r in m["rewards"].values()):
+                for category, ref in reference_from_dir(args.loop_dir, k).items():
+                    m["rewards"][category]["reference"] = ref
     else:
         metrics = run_loop(config, print_progress).metrics
     loop_seconds = time.perf_counter() - t_start
@@ -653,7 +672,10 @@ def main() -> None:
                 "; own-sample accuracy (gate) "
                 + ", ".join(
                     f"{c} {_fmt(r.get('own_accuracy'))} [{_fmt(r.get('own_accuracy_ci_low'))}, "
-                    f"{_fmt(r.get('own_accuracy_ci_high'))}] n={r.get('own_pairs')}"
+                    f"{_fmt(r.get('own_accuracy_ci_high'))}] n={r.get('own_pairs')} "
+                    f"(oracle {_fmt(_ref(r, 'own_ceiling'))}, oracle ties {_fmt(_ref(r, 'own_oracle_ties'))}, "
+                    f"decidable {_fmt(_ref(r, 'own_decidable_accuracy'))}; gallery pairs "
+                    f"{_fmt(_ref(r, 'gallery_accuracy'))} of oracle {_fmt(_ref(r, 'gallery_ceiling'))})"
                     for c, r in m["rewards"].items()
                 )
                 if any(r.get("own_pairs") for r in m["rewards"].values())

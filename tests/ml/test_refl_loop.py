@@ -252,6 +252,12 @@ def test_own_sample_groups_are_ranked_by_the_panel_and_the_gate_decides_on_them(
     assert all(len([i for g in r["ordering"] for i in g]) == 3 for r in d1["rankings"] if r["group"] == "own")
     # Iteration 1: R_0 is measured on p_1's fresh held-out groups beside what it scored on p_0's, and the
     # gate's drop rule decides on exactly those figures.
+    # The loop's oracle reference and the same figures read back from the saved folder agree: the folder
+    # holds what the reward stage saw.
+    from training.ml.loop import reference_from_dir
+
+    assert reference_from_dir(out, 0)["spatial"] == spatial["reference"]
+    assert spatial["reference"]["own_decidable_pairs"] <= spatial["own_pairs"]
     second = all_metrics[1]["rewards"]["spatial"]
     assert second["previous_own_accuracy"] == spatial["own_accuracy"]
     if second["own_pairs"]:
@@ -260,3 +266,66 @@ def test_own_sample_groups_are_ranked_by_the_panel_and_the_gate_decides_on_them(
         after = (second["fresh_accuracy"], second["fresh_accuracy_ci_low"], second["fresh_accuracy_ci_high"])
         gate_closed = all_metrics[1]["refl"].get("gate_closed") or ""
         assert accuracy_dropped(before, after) == ("significant drop" in gate_closed)
+
+
+def test_oracle_reference_reads_the_gate_and_gallery_pairs_against_the_oracle(tmp_path):
+    """Hand-checked: in each group a correct render c1, a blank canvas and a second correct render c2,
+    ranked [c1, blank, c2] → pairs c1>blank (oracle right), c1>c2 (an exact oracle tie the panel ordered),
+    blank>c2 (oracle wrong): ceiling (1 + 0.5 + 0) / 3 = 0.5, a third of the pairs oracle ties."""
+    import numpy as np
+    import torch
+
+    from training.ml.loop import RankedData, RankedPrompt, oracle_reference
+    from training.ml.reward.checkpoint import save_reward_model
+    from training.ml.reward.config import RewardModelConfig
+    from training.ml.reward.data import hash_split
+    from training.ml.reward.model import build_reward_model
+    from training.ml.world.pretrain import draw_batch, training_prompts
+
+    round_config = loop_round_config()
+    share = round_config.reward.validation_share
+    pool = training_prompts()["spatial"]
+    val_prompt = next(p for p in pool if hash_split(p, (1 - share, share, 0.0)) == "val")
+    train_prompt = next(p for p in pool if hash_split(p, (1 - share, share, 0.0)) == "train")
+    data = RankedData(tmp_path)
+
+    def group(prompt: str, source: str, kind: str) -> None:
+        renders, _ = draw_batch(np.random.default_rng(len(data.prompts)), 2, {"spatial": [prompt]}, 0.0)
+        ids = [
+            data.add_image(renders[0], source, 0),
+            data.add_image(torch.full((3, 32, 32), 0.5), source, 0),
+            data.add_image(renders[1], source, 0),
+        ]
+        data.prompts.append(
+            RankedPrompt(len(data.prompts), prompt, "spatial", [[i] for i in ids], tuple(ids), kind)
+        )
+
+    group(val_prompt, "gallery:flux", "gallery")  # validation split: counted
+    group(train_prompt, "gallery:flux", "gallery")  # training split: not
+    # Two own groups of the validation prompt: one is held out for the gate (gate_share 0.5); the other
+    # trains, lands in the validation split and must not count as gallery.
+    group(val_prompt, "own:0", "own")
+    group(val_prompt, "own:0", "own")
+    own = {i.id for i in data.images if i.source == "own:0"}
+    gallery = {i.id for i in data.images if i.source.startswith("gallery:")}
+    reward = save_reward_model(build_reward_model(RewardModelConfig.tiny("spatial"), seed=0), tmp_path / "rm")
+
+    ref = oracle_reference(
+        round_config,
+        "spatial",
+        data.records(),
+        own_images=own,
+        gallery_images=gallery,
+        image_loader=data.loader(),
+        iteration=0,
+        reward_path=reward,
+    )
+    for name in ("own", "gallery"):
+        assert ref[f"{name}_ceiling"] == pytest.approx(0.5)
+        assert ref[f"{name}_oracle_ties"] == pytest.approx(1 / 3)
+        assert ref[f"{name}_decidable_pairs"] == 2
+        assert 0.0 <= ref[f"{name}_decidable_accuracy"] <= 1.0
+    assert ref["gallery_pairs"] == 3
+    # The tie pair is worth 0 or 1 to the reward model, the two decidable ones as measured.
+    tie_pair = 3 * ref["gallery_accuracy"] - 2 * ref["gallery_decidable_accuracy"]
+    assert min(abs(tie_pair - v) for v in (0.0, 0.5, 1.0)) < 1e-9

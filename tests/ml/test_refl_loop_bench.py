@@ -45,6 +45,11 @@ def test_the_learning_validity_bench_writes_its_summary_with_the_gate_baselines_
             path.unlink()
     assert set(summary["rm_own_accuracy"]) == {"attribute_binding", "spatial", "non_spatial"}
     assert all(0 <= v <= 1 for v in summary["rm_own_accuracy_ci_low"].values() if v is not None)
+    # Beside each accuracy, what the oracle itself reaches on the same pairs (the panel's coin flips).
+    for key in ("rm_own_ceiling", "rm_gallery_ceiling", "rm_gallery_accuracy"):
+        assert set(summary[key]) == {"attribute_binding", "spatial", "non_spatial"}
+        assert all(0 <= v <= 1 for v in summary[key].values() if v is not None)
+    assert all(isinstance(n, int) for n in summary["rm_gallery_pairs"].values())
     assert summary["best_of_4_gain"] is not None
     runs = {row["run"] for row in summary["baselines"]}
     assert {"p0 best-of-4", "p0 oracle best-of-4"} <= runs

@@ -52,7 +52,7 @@ from training.ml.algorithm1.config import (
     RewardStageConfig,
     RoundConfig,
 )
-from training.ml.algorithm1.gate import GateClosed
+from training.ml.algorithm1.gate import GateClosed, pair_accuracy, split_own_pairs
 from training.ml.algorithm1.steps import (
     FinetuneResult,
     choose_prompts,
@@ -63,11 +63,13 @@ from training.ml.algorithm1.steps import (
     hash_rank,
     insert_samples,
     load_policy,
+    own_sample_accuracy,
     pretrain_data,
     prompt_categories,
     push_back_prompts,
     refl_prompts,
     reward_scores,
+    reward_train_config,
     sample_groups,
     train_reward,
 )
@@ -75,8 +77,15 @@ from training.ml.common import CheckpointInfo, config_from_dict, config_to_dict,
 from training.ml.refl.adapters import DiffusionAdapter
 from training.ml.refl.world_adapter import oracle_evaluator
 from training.ml.reward.checkpoint import load_reward_model
-from training.ml.reward.data import FolderImageLoader, ImageLoader, PairRecord, write_pairs_jsonl
-from training.ml.world.annotators import default_panel
+from training.ml.reward.data import (
+    FolderImageLoader,
+    ImageLoader,
+    PairRecord,
+    assign_splits,
+    read_pairs,
+    write_pairs_jsonl,
+)
+from training.ml.world.annotators import cached_oracle_score, default_panel
 from training.ml.world.gallery import GALLERY_GENERATORS
 from training.ml.world.model import PRETRAINED_DIR
 from training.ml.world.pretrain import training_prompts
@@ -579,10 +588,11 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
         for entry in data.prompts:
             train_pool.setdefault(entry.category, []).append(entry.prompt)
         t = {"start": time.perf_counter()}
+        records = data.records()
         result = run_iteration(
             config.round,
             iteration=k,
-            records=data.records(),
+            records=records,
             image_loader=data.loader(),
             categories=config.categories,
             base_path=config.base_model_path,
@@ -596,6 +606,21 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
             previous_rewards=reward_checkpoints[-1] if reward_checkpoints else None,
         )
         t["train"] = time.perf_counter()
+        _, gallery_ids = iteration_images(data.images, k)
+        reference = {
+            c: oracle_reference(
+                config.round,
+                c,
+                records,
+                own_images=own,
+                gallery_images=gallery_ids,
+                image_loader=data.loader(),
+                iteration=k,
+                reward_path=info.path,
+            )
+            for c, info in result.rewards.items()
+        }
+        t["reference"] = time.perf_counter()
         if result.finetuned is not None:
             chain.append(Path(result.finetuned.checkpoint.path))
         expansion = expand(config, data, world_policy(config, chain), result.rewards, k, progress)
@@ -604,7 +629,10 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
             "iteration": k,
             "dataset_before": before,
             "dataset_after": data.counts(),
-            "rewards": {c: _reward_summary(i.metrics) for c, i in result.rewards.items()},
+            "rewards": {
+                c: {**_reward_summary(i.metrics), "reference": reference[c]}
+                for c, i in result.rewards.items()
+            },
             "objective": config.round.objective,
             "refl": _refl_summary(result),
             "refl_curve": result.finetuned.curve if result.finetuned is not None else [],
@@ -612,7 +640,8 @@ def run_loop(config: LoopConfig, progress: LoopProgress | None = None) -> LoopRe
             "seconds": {
                 "gallery": round(gallery_seconds, 1) if k == 0 else 0.0,
                 "rewards_and_refl": round(t["train"] - t["start"], 1),
-                "expand": round(t["expand"] - t["train"], 1),
+                "oracle_reference": round(t["reference"] - t["train"], 1),
+                "expand": round(t["expand"] - t["reference"], 1),
             },
         }
         (it_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
@@ -649,6 +678,101 @@ def _reward_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
             "fresh_accuracy_ci_high",
             "previous_own_accuracy",
         )
+    }
+
+
+# ------------------------------------------------------------------------------------ oracle reference
+
+
+def iteration_images(images: Sequence[StoredImage], iteration: int) -> tuple[set[int], set[int]]:
+    """(p_k's own images, the gallery's images) of D_k, as the loop hands them to the reward stage."""
+    own = {
+        i.id
+        for i in images
+        if i.source == f"own:{iteration}" or (i.source == "model" and i.iteration == iteration)
+    }
+    return own, {i.id for i in images if i.source.startswith("gallery:")}
+
+
+def oracle_reference(
+    round_config: RoundConfig,
+    category: str,
+    records: Sequence[PairRecord],
+    *,
+    own_images: set[int],
+    gallery_images: set[int],
+    image_loader: ImageLoader,
+    iteration: int,
+    reward_path: str | Path,
+) -> dict[str, Any]:
+    """What R_k's two accuracies are measured against, read with the world's oracle (measured only).
+
+    The panel's strict pairs include exact oracle ties that its experts' noise ordered by chance: no
+    scorer beats a coin on those, so the oracle's own accuracy on the very pairs (``*_ceiling``) is what
+    any reward model can reach, and ``*_oracle_ties`` is the share of such pairs. ``own_*``: the gate's
+    held-out pairs of p_k's samples (the split ``train_reward`` makes), with the reward model's accuracy on
+    the oracle-decidable ones; ``gallery_*``: the reward stage's validation split restricted to pairs of two
+    gallery images (its ``val_accuracy`` also counts the own-sample pairs of validation prompts)."""
+    mine = [r for r in records if r.category == category]
+    train, gate = split_own_pairs(
+        mine, own_images, round_config.reward.gate_share, f"gate-{round_config.seed}-{iteration}"
+    )
+    split = reward_train_config(round_config, category, "", iteration)
+    validation = [
+        r
+        for r in assign_splits(train, split.split_fractions, split.split_salt)
+        if r.split == "val" and r.winner_id in gallery_images and r.loser_id in gallery_images
+    ]
+    out: dict[str, Any] = {}
+    for name, pairs in (("own", gate), ("gallery", validation)):
+        strict = [r for r in pairs if r.label == 1.0]
+        oracle: dict[int, float] = {}
+        for r in strict:
+            for image_id, path, sha in (
+                (r.winner_id, r.winner_path, r.winner_sha256),
+                (r.loser_id, r.loser_path, r.loser_sha256),
+            ):
+                if image_id not in oracle:
+                    oracle[image_id] = cached_oracle_score(r.prompt, image_loader(path, sha))
+        ceiling = pair_accuracy(strict, oracle, seed=round_config.seed + iteration)
+        decidable = [r for r in strict if oracle[r.winner_id] != oracle[r.loser_id]]
+        out[f"{name}_ceiling"] = ceiling.accuracy
+        out[f"{name}_oracle_ties"] = (len(strict) - len(decidable)) / len(strict) if strict else None
+        if name == "gallery":
+            out.update(
+                own_sample_accuracy(reward_path, strict, image_loader, seed=round_config.seed).as_metrics(
+                    "gallery_"
+                )
+            )
+        out.update(
+            own_sample_accuracy(
+                reward_path, decidable, image_loader, seed=round_config.seed + iteration
+            ).as_metrics(f"{name}_decidable_")
+        )
+    return out
+
+
+def reference_from_dir(loop_dir: str | Path, iteration: int = 0) -> dict[str, dict[str, Any]]:
+    """:func:`oracle_reference` of a saved loop's R_k, per category, from its ``iter_k`` folder."""
+    root = Path(loop_dir)
+    config = loop_config_from_dict(json.loads((root / "config.json").read_text()))
+    it_dir = root / f"iter_{iteration}"
+    stored = json.loads((it_dir / "rankings.json").read_text())["images"]
+    own, gallery = iteration_images([StoredImage(**i) for i in stored], iteration)
+    records = read_pairs(it_dir / "pairs.jsonl")
+    return {
+        category: oracle_reference(
+            config.round,
+            category,
+            records,
+            own_images=own,
+            gallery_images=gallery,
+            image_loader=FolderImageLoader(root),
+            iteration=iteration,
+            reward_path=it_dir / "reward" / category,
+        )
+        for category in config.categories
+        if (it_dir / "reward" / category).exists()
     }
 
 
@@ -817,9 +941,14 @@ def config_from_args(args: argparse.Namespace) -> LoopConfig:
     fb = round_data.get("feedback", {})
     if args.sampling_steps is not None:
         fb["late_steps"] = min(fb.get("late_steps", args.sampling_steps), args.sampling_steps)
+    return loop_config_from_dict({**data, "round": round_data})
+
+
+def loop_config_from_dict(data: Mapping[str, Any]) -> LoopConfig:
+    """Inverse of ``config_to_dict(LoopConfig)``: what a loop folder's ``config.json`` holds."""
     return dataclasses.replace(
         config_from_dict(LoopConfig, {k: v for k, v in data.items() if k != "round"}),
-        round=RoundConfig.from_dict(round_data),
+        round=RoundConfig.from_dict(data["round"]),
     )
 
 
