@@ -740,9 +740,9 @@ def oracle_reference(
         out[f"{name}_oracle_ties"] = (len(strict) - len(decidable)) / len(strict) if strict else None
         if name == "gallery":
             out.update(
-                own_sample_accuracy(reward_path, strict, image_loader, seed=round_config.seed).as_metrics(
-                    "gallery_"
-                )
+                own_sample_accuracy(
+                    reward_path, strict, image_loader, seed=round_config.seed + iteration
+                ).as_metrics("gallery_")
             )
         out.update(
             own_sample_accuracy(
