@@ -63,7 +63,8 @@ from training.ml.algorithm1.steps import (
     hash_rank,
     insert_samples,
     load_policy,
-    own_sample_accuracy,
+    pair_images,
+    pair_scores,
     pretrain_data,
     prompt_categories,
     push_back_prompts,
@@ -723,32 +724,22 @@ def oracle_reference(
         for r in assign_splits(train, split.split_fractions, split.split_salt)
         if r.split == "val" and r.winner_id in gallery_images and r.loser_id in gallery_images
     ]
-    out: dict[str, Any] = {}
-    for name, pairs in (("own", gate), ("gallery", validation)):
-        strict = [r for r in pairs if r.label == 1.0]
-        oracle: dict[int, float] = {}
-        for r in strict:
-            for image_id, path, sha in (
-                (r.winner_id, r.winner_path, r.winner_sha256),
-                (r.loser_id, r.loser_path, r.loser_sha256),
-            ):
-                if image_id not in oracle:
-                    oracle[image_id] = cached_oracle_score(r.prompt, image_loader(path, sha))
-        ceiling = pair_accuracy(strict, oracle, seed=round_config.seed + iteration)
+    own_strict = [r for r in gate if r.label == 1.0]
+    gallery_strict = [r for r in validation if r.label == 1.0]
+    # One scoring pass each: the reward model's and the oracle's scores of every image measured.
+    scores = pair_scores(reward_path, own_strict + gallery_strict, image_loader)
+    oracle = {
+        image_id: cached_oracle_score(prompt, image_loader(path, sha))
+        for prompt, group in pair_images(own_strict + gallery_strict).values()
+        for image_id, (path, sha) in group.items()
+    }
+    seed = round_config.seed + iteration
+    out: dict[str, Any] = pair_accuracy(gallery_strict, scores, seed=seed).as_metrics("gallery_")
+    for name, strict in (("own", own_strict), ("gallery", gallery_strict)):
         decidable = [r for r in strict if oracle[r.winner_id] != oracle[r.loser_id]]
-        out[f"{name}_ceiling"] = ceiling.accuracy
+        out[f"{name}_ceiling"] = pair_accuracy(strict, oracle, seed=seed).accuracy
         out[f"{name}_oracle_ties"] = (len(strict) - len(decidable)) / len(strict) if strict else None
-        if name == "gallery":
-            out.update(
-                own_sample_accuracy(
-                    reward_path, strict, image_loader, seed=round_config.seed + iteration
-                ).as_metrics("gallery_")
-            )
-        out.update(
-            own_sample_accuracy(
-                reward_path, decidable, image_loader, seed=round_config.seed + iteration
-            ).as_metrics(f"{name}_decidable_")
-        )
+        out.update(pair_accuracy(decidable, scores, seed=seed).as_metrics(f"{name}_decidable_"))
     return out
 
 

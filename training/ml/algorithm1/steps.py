@@ -362,27 +362,37 @@ def normalize_on_own_samples(
     return {"normalization_source": "own samples", "normalization_images": len(found)}
 
 
+def pair_images(records: Sequence[PairRecord]) -> dict[int, tuple[str, dict[int, tuple[str, str]]]]:
+    """prompt_id → (prompt, image id → (path, sha256)) of every image the pairs name."""
+    images: dict[int, tuple[str, dict[int, tuple[str, str]]]] = {}
+    for r in records:
+        _, group = images.setdefault(r.prompt_id, (r.prompt, {}))
+        group[r.winner_id] = (r.winner_path, r.winner_sha256)
+        group[r.loser_id] = (r.loser_path, r.loser_sha256)
+    return images
+
+
 @torch.no_grad()
+def pair_scores(
+    checkpoint: str | Path, records: Sequence[PairRecord], image_loader: ImageLoader
+) -> dict[int, float]:
+    """A reward checkpoint's score of every image the pairs name (image id → score), one batch per prompt."""
+    if not records:
+        return {}
+    model = load_reward_model(checkpoint).eval()
+    scores: dict[int, float] = {}
+    for prompt, group in pair_images(records).values():
+        ids = sorted(group)
+        values = reward_scores(model, prompt, [image_loader(*group[i]) for i in ids])
+        scores.update(zip(ids, values, strict=True))
+    return scores
+
+
 def own_sample_accuracy(
     checkpoint: str | Path, records: Sequence[PairRecord], image_loader: ImageLoader, seed: int = 0
 ) -> PairAccuracy:
     """A reward checkpoint's pair accuracy (95 % interval) on expert-ranked pairs of one model's samples."""
-    if not records:
-        return pair_accuracy([], {})
-    model = load_reward_model(checkpoint).eval()
-    images: dict[int, dict[int, tuple[str, str]]] = {}
-    prompts: dict[int, str] = {}
-    for r in records:
-        prompts[r.prompt_id] = r.prompt
-        group = images.setdefault(r.prompt_id, {})
-        group[r.winner_id] = (r.winner_path, r.winner_sha256)
-        group[r.loser_id] = (r.loser_path, r.loser_sha256)
-    scores: dict[int, float] = {}
-    for prompt_id, group in images.items():
-        ids = sorted(group)
-        values = reward_scores(model, prompts[prompt_id], [image_loader(*group[i]) for i in ids])
-        scores.update(zip(ids, values, strict=True))
-    return pair_accuracy(records, scores, seed=seed)
+    return pair_accuracy(records, pair_scores(checkpoint, records, image_loader), seed=seed)
 
 
 def check_gate(config: RoundConfig, reward_metrics: Mapping[str, Mapping[str, Any]]) -> None:
@@ -819,6 +829,8 @@ __all__ = [
     "check_gate",
     "checkpoint_config",
     "own_sample_accuracy",
+    "pair_images",
+    "pair_scores",
     "choose_prompts",
     "expansion_prompts",
     "NoDPOPairs",
