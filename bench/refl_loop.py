@@ -393,6 +393,18 @@ def main() -> None:
         help="score head (itm: the encoder's matching head)",
     )
     parser.add_argument("--tie-margin", type=float, default=0.1, help="panel split counted as a tie")
+    parser.add_argument(
+        "--consensus",
+        choices=("borda", "kemeny", "plackett_luce"),
+        default="borda",
+        help="how the panel's rankings become one ordering",
+    )
+    parser.add_argument(
+        "--expert-ties",
+        type=float,
+        default=0.0,
+        help="each expert ties neighbours whose perceived scores differ by less than this (0: never)",
+    )
     parser.add_argument("--gate", choices=("require", "measured", "off"), default="measured")
     parser.add_argument("--guard-rule", choices=("paired", "best_mean"), default="paired")
     parser.add_argument("--guard-seeds", type=int, default=3)
@@ -512,6 +524,8 @@ def main() -> None:
         own_groups_per_category=args.own_groups_per_category,
         own_group_size=args.own_group_size,
         tie_margin=args.tie_margin,
+        expert_tie_threshold=args.expert_ties,
+        consensus_method=args.consensus,
         encoder_path=args.encoder,
         round=round_config,
         **({"base_model_path": args.base_model} if args.base_model else {}),

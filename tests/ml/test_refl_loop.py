@@ -100,6 +100,28 @@ def test_config_refuses_a_diffusers_base_and_empty_categories(tmp_path, tiny_bas
         tiny_config(tmp_path, tiny_base, categories=())
 
 
+def test_a_panel_that_may_tie_keeps_pictures_its_experts_see_alike_as_one_consensus_group(tmp_path):
+    from training.ml.loop import RankedData, expert_ranking
+    from training.ml.world.gallery import GALLERY_GENERATORS
+
+    prompt = "a red circle and a yellow square"
+    names = ("flux", "sd3", "sdxl", "sd15", "rpg", "instancediffusion")
+    data = RankedData(tmp_path / "d")
+    # Oracle scores 1, 1, 1, 0.5, 1, 0.25 (tests/ml/test_world_gallery.py).
+    ids = [
+        data.add_image(GALLERY_GENERATORS[n].generate_array(prompt, i, 32), "gallery", 0)
+        for i, n in enumerate(names)
+    ]
+    strict = LoopConfig(output_dir=str(tmp_path), consensus_method="kemeny")
+    # Experts who never tie order the four right pictures by their noise: 4-1 splits become strict pairs.
+    assert expert_ranking(strict, data, prompt, ids) == [[0], [4, 1, 2], [3], [5]]
+    tying = dataclasses.replace(strict, expert_tie_threshold=0.1)
+    ordering = expert_ranking(tying, data, prompt, ids)
+    assert sorted(ordering[0]) == [0, 1, 2, 4] and ordering[1:] == [[3], [5]]
+    with pytest.raises(ValueError, match="expert_tie_threshold"):
+        dataclasses.replace(strict, expert_tie_threshold=-0.1)
+
+
 def test_command_line_runs_the_loop_from_a_config_file(tmp_path, tiny_base, capsys):
     from training.ml.common import config_to_dict
 

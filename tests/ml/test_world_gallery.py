@@ -102,6 +102,30 @@ def test_annotator_rankings_are_permutations_and_repeatable():
     )
 
 
+def test_an_expert_who_may_tie_groups_the_pictures_it_sees_alike():
+    prompt = "a red circle and a yellow square"
+    images = [GALLERY_GENERATORS[n].generate(prompt, i) for i, n in enumerate(NAMES)]
+    # The fixture: four pictures right, one half right, one mostly wrong.
+    assert [oracle_score(prompt, image) for image in images] == [1.0, 1.0, 1.0, 0.5, 1.0, 0.25]
+    assert SimulatedAnnotator("a", noise=0.0, tie_threshold=0.1).rank_groups(prompt, images) == [
+        [0, 1, 2, 4],
+        [3],
+        [5],
+    ]
+    # Without a threshold the groups are rank()'s strict order, exact ties in the order shown.
+    assert SimulatedAnnotator("a", noise=0.0).rank_groups(prompt, images) == [[0], [1], [2], [4], [3], [5]]
+    noisy = SimulatedAnnotator("b", noise=0.1, seed=4, tie_threshold=0.1)
+    groups = noisy.rank_groups(prompt, images)
+    assert [i for group in groups for i in group] == noisy.rank(prompt, images)
+    perceived = noisy.noisy_scores(prompt, images)
+    for group in groups:
+        assert all(perceived[a] - perceived[b] < 0.1 for a, b in itertools.pairwise(group))
+    for upper, lower in itertools.pairwise(groups):
+        assert perceived[upper[-1]] - perceived[lower[0]] >= 0.1
+    with pytest.raises(ValueError, match="tie_threshold"):
+        SimulatedAnnotator("c", noise=0.1, tie_threshold=1.0)
+
+
 def test_reliable_annotators_agree_with_the_oracle_more_than_the_careless_one():
     panel = default_panel(seed=0)
     careful, careless = panel[0], panel[-1]

@@ -148,6 +148,10 @@ class LoopConfig:
     # weighted support is within this of one half become tied (0.5-labelled pairs) instead of a coin-flip
     # strict label (0.1 with five experts: 3-2 splits). 0 keeps ties only where the support is exactly even.
     tie_margin: float = 0.1
+    # 0: the panel's experts never mark ties (every ranking strict). > 0: as in a project that allows ties,
+    # each expert ties neighbours whose perceived scores differ by less than this
+    # (SimulatedAnnotator.rank_groups); the consensus still applies tie_margin on top.
+    expert_tie_threshold: float = 0.0
     image_size: int = 32
     # Validation prompts per subcategory for the guard; drawn from the pretraining split, never in D.
     val_prompts_per_subcategory: int = 6
@@ -178,6 +182,8 @@ class LoopConfig:
             raise ValueError(f"unknown consensus_method {self.consensus_method!r}")
         if not 0 <= self.tie_margin < 0.5:
             raise ValueError(f"tie_margin must be in [0, 0.5), got {self.tie_margin}")
+        if not 0 <= self.expert_tie_threshold < 1:
+            raise ValueError(f"expert_tie_threshold must be in [0, 1), got {self.expert_tie_threshold}")
         if self.val_prompts_per_subcategory < 1:
             raise ValueError("the guard needs validation prompts (val_prompts_per_subcategory >= 1)")
         if self.base_in_gallery and self.base_samples < 1:
@@ -321,10 +327,12 @@ class RankedData:
 
 def expert_ranking(config: LoopConfig, data: RankedData, prompt: str, ids: Sequence[int]) -> list[list[int]]:
     """The simulated panel's consensus ordering (best first) of stored images of one prompt."""
-    panel = default_panel(config.seed)[: config.annotators]
+    panel = default_panel(config.seed, tie_threshold=config.expert_tie_threshold)[: config.annotators]
     # Annotators see exactly what is stored (8-bit), not the float render.
     arrays = [data.load([i])[0] for i in ids]
-    rankings = [[[ids[j]] for j in annotator.rank(prompt, arrays)] for annotator in panel]
+    rankings = [
+        [[ids[j] for j in group] for group in annotator.rank_groups(prompt, arrays)] for annotator in panel
+    ]
     result = aggregate(config.consensus_method, rankings)
     return [list(g) for g in consensus_tie_groups(result, rankings, margin=config.tie_margin)]
 

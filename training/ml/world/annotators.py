@@ -41,20 +41,34 @@ class SimulatedAnnotator:
     [0, 1], so 0.05 is a careful expert and 0.3 a sloppy one). A careless annotator ranks most tasks
     (`careless_rate`) at random and the rest like an ordinary one. Rankings are deterministic in
     (seed, prompt, image contents): asking twice gives the same answer.
+
+    `tie_threshold` (0: never ties) models an expert in a project that allows ties (the ranking page's
+    ``=`` key): in :meth:`rank_groups`, neighbours whose *perceived* scores differ by less than it are
+    marked tied, so two pictures the expert cannot tell apart are not ordered by a coin flip. It reads
+    only what the expert perceives (score plus noise), so a noisy expert ties less of what is truly equal.
     """
 
     def __init__(
-        self, name: str, noise: float, careless: bool = False, seed: int = 0, careless_rate: float = 0.75
+        self,
+        name: str,
+        noise: float,
+        careless: bool = False,
+        seed: int = 0,
+        careless_rate: float = 0.75,
+        tie_threshold: float = 0.0,
     ) -> None:
         if noise < 0:
             raise ValueError("noise must be non-negative")
         if not 0.0 <= careless_rate <= 1.0:
             raise ValueError("careless_rate must be a probability")
+        if not 0.0 <= tie_threshold < 1.0:
+            raise ValueError(f"tie_threshold must be in [0, 1), got {tie_threshold}")
         self.name = name
         self.noise = float(noise)
         self.careless = careless
         self.seed = int(seed)
         self.careless_rate = careless_rate
+        self.tie_threshold = float(tie_threshold)
 
     def __repr__(self) -> str:
         return f"SimulatedAnnotator({self.name!r}, noise={self.noise}, careless={self.careless}, seed={self.seed})"
@@ -81,13 +95,30 @@ class SimulatedAnnotator:
         # Stable sort on the negated scores: exact ties keep the order the images were shown in.
         return [int(i) for i in np.argsort(-scores, kind="stable")]
 
+    def rank_groups(self, prompt: str, images: Sequence[Any]) -> list[list[int]]:
+        """Indices of `images` as tie groups, best first: :meth:`rank`'s order, with each image joining the
+        previous group when its perceived score is within ``tie_threshold`` of the previous image's (a
+        chain, as an expert ties neighbours one at a time). With no threshold: :meth:`rank` as singletons."""
+        if len(images) == 0:
+            return []
+        scores = self.noisy_scores(prompt, images)
+        order = [int(i) for i in np.argsort(-scores, kind="stable")]
+        groups = [[order[0]]]
+        for previous, current in zip(order, order[1:], strict=False):
+            if scores[previous] - scores[current] < self.tie_threshold:
+                groups[-1].append(current)
+            else:
+                groups.append([current])
+        return groups
 
-def default_panel(seed: int = 0) -> list[SimulatedAnnotator]:
-    """Four experts of decreasing reliability and one careless annotator."""
+
+def default_panel(seed: int = 0, tie_threshold: float = 0.0) -> list[SimulatedAnnotator]:
+    """Four experts of decreasing reliability and one careless annotator; ``tie_threshold``: each may mark
+    ties (:meth:`SimulatedAnnotator.rank_groups`)."""
     return [
-        SimulatedAnnotator("expert_1", 0.03, seed=seed),
-        SimulatedAnnotator("expert_2", 0.06, seed=seed + 1),
-        SimulatedAnnotator("expert_3", 0.1, seed=seed + 2),
-        SimulatedAnnotator("expert_4", 0.15, seed=seed + 3),
-        SimulatedAnnotator("careless_5", 0.1, careless=True, seed=seed + 4),
+        SimulatedAnnotator("expert_1", 0.03, seed=seed, tie_threshold=tie_threshold),
+        SimulatedAnnotator("expert_2", 0.06, seed=seed + 1, tie_threshold=tie_threshold),
+        SimulatedAnnotator("expert_3", 0.1, seed=seed + 2, tie_threshold=tie_threshold),
+        SimulatedAnnotator("expert_4", 0.15, seed=seed + 3, tie_threshold=tie_threshold),
+        SimulatedAnnotator("careless_5", 0.1, careless=True, seed=seed + 4, tie_threshold=tie_threshold),
     ]
