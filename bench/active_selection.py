@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-prompts", type=int, default=60)
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--annotators", type=int, default=3, help="rankings per task (the panel's first n)")
+    p.add_argument("--expert-ties", type=float, default=0.0, help="experts tie pictures perceived this close")
     p.add_argument("--initial-tasks", type=int, default=10)
     p.add_argument("--batch-tasks", type=int, default=10)
     p.add_argument("--rounds", type=int, default=4)
@@ -164,6 +165,7 @@ def add_held_out_group_args(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--eval-prompts", type=int, default=60)
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--annotators", type=int, default=3)
+    p.add_argument("--expert-ties", type=float, default=0.0, help="experts tie pictures perceived this close")
     p.add_argument("--sampling-steps", type=int, default=20)
     p.add_argument("--work-dir", default=str(ROOT / "bench" / "out" / name))
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / f"{name}.json"))
@@ -174,13 +176,20 @@ def held_out_groups(
     args: argparse.Namespace, category: str, seed: int
 ) -> tuple[LoopConfig, RankedData, list[tuple[str, str]], list[Group]]:
     """(loop, image store, held-out prompts, p_0's panel-ranked groups of them) for one category and seed."""
-    loop, data, _ = world_setup(args, category, seed, loop_round_config(seed))
+    loop, data, _ = world_setup(
+        args, category, seed, loop_round_config(seed), expert_tie_threshold=args.expert_ties
+    )
     prompts = category_prompts(category, seed)[args.pool_prompts : args.pool_prompts + args.eval_prompts]
     return loop, data, prompts, sample_world_groups(args, loop, data, prompts, args.pool_prompts)
 
 
 def world_setup(
-    args: argparse.Namespace, category: str, seed: int, round_config: RoundConfig
+    args: argparse.Namespace,
+    category: str,
+    seed: int,
+    round_config: RoundConfig,
+    *,
+    expert_tie_threshold: float = 0.0,
 ) -> tuple[LoopConfig, RankedData, Path]:
     """The loop settings (``round_config`` sampling at ``args.sampling_steps``) and the image store of one
     category and seed, under ``args.work_dir``: what every own-sample bench samples and ranks with."""
@@ -198,6 +207,7 @@ def world_setup(
         output_dir=str(work),
         base_model_path=args.base,
         annotators=args.annotators,
+        expert_tie_threshold=expert_tie_threshold,
         round=round_config,
         categories=(category,),
     )
@@ -367,7 +377,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ),
             )
             assert isinstance(round_config.reward, RewardStageConfig)
-            loop, data, work = world_setup(args, category, seed, round_config)
+            loop, data, work = world_setup(
+                args, category, seed, round_config, expert_tie_threshold=args.expert_ties
+            )
             prompts = category_prompts(category, seed)[: args.pool_prompts + args.eval_prompts]
             if len(prompts) < args.pool_prompts + args.eval_prompts:
                 raise SystemExit(f"{category} has only {len(prompts)} training prompts")
