@@ -144,9 +144,10 @@ class LoopConfig:
     gallery_seeds: int = 1
     annotators: int = 5  # the first n of the world's default panel (the fifth is the careless one)
     consensus_method: str = "borda"
-    # The panel never marks ties; an exact tie shows up as a near-even split. Consensus neighbours whose
-    # weighted support is within this of one half become tied (0.5-labelled pairs) instead of a coin-flip
-    # strict label (0.1 with five experts: 3-2 splits). 0 keeps ties only where the support is exactly even.
+    # Unless expert_tie_threshold > 0 the panel never marks ties; an exact tie shows up as a near-even split.
+    # Consensus neighbours whose weighted support is within this of one half become tied (0.5-labelled pairs)
+    # instead of a coin-flip strict label (0.1 with five experts: 3-2 splits). 0 keeps ties only where the
+    # support is exactly even.
     tie_margin: float = 0.1
     # 0: the panel's experts never mark ties (every ranking strict). > 0: as in a project that allows ties,
     # each expert ties neighbours whose perceived scores differ by less than this

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -89,22 +90,19 @@ class SimulatedAnnotator:
 
     def rank(self, prompt: str, images: Sequence[Any]) -> list[int]:
         """Indices of `images`, best first."""
+        return [i for group in self.rank_groups(prompt, images) for i in group]
+
+    def rank_groups(self, prompt: str, images: Sequence[Any]) -> list[list[int]]:
+        """Indices of `images` as tie groups, best first by perceived score, each image joining the previous
+        group when its perceived score is within ``tie_threshold`` of the previous image's (a chain, as an
+        expert ties neighbours one at a time). With no threshold: :meth:`rank`'s order as singletons."""
         if len(images) == 0:
             return []
         scores = self.noisy_scores(prompt, images)
         # Stable sort on the negated scores: exact ties keep the order the images were shown in.
-        return [int(i) for i in np.argsort(-scores, kind="stable")]
-
-    def rank_groups(self, prompt: str, images: Sequence[Any]) -> list[list[int]]:
-        """Indices of `images` as tie groups, best first: :meth:`rank`'s order, with each image joining the
-        previous group when its perceived score is within ``tie_threshold`` of the previous image's (a
-        chain, as an expert ties neighbours one at a time). With no threshold: :meth:`rank` as singletons."""
-        if len(images) == 0:
-            return []
-        scores = self.noisy_scores(prompt, images)
         order = [int(i) for i in np.argsort(-scores, kind="stable")]
         groups = [[order[0]]]
-        for previous, current in zip(order, order[1:], strict=False):
+        for previous, current in itertools.pairwise(order):
             if scores[previous] - scores[current] < self.tie_threshold:
                 groups[-1].append(current)
             else:
