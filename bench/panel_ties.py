@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rankmath.pairs import pairs_from_ordering  # noqa: E402
 from training.ml.loop import LoopConfig, RankedData, expert_ranking  # noqa: E402
 from training.ml.world import generate_prompts, oracle_score  # noqa: E402
 from training.ml.world.gallery import GALLERY_GENERATORS  # noqa: E402
@@ -38,24 +39,21 @@ CATEGORIES = {
     "non_spatial": ("non_spatial",),
 }
 NAMES = ("flux", "sd3", "sdxl", "sd15", "rpg", "instancediffusion")
+FIGURES = ("strict", "strict_oracle_ties", "oracle_right", "tied", "tied_oracle_differs")
 
 
 def pair_figures(ordering: list[list[int]], oracle: dict[int, float]) -> dict[str, float]:
     """Counts for one consensus ordering (tie groups, best first) against the oracle's scores."""
-    out = {"strict": 0, "strict_oracle_ties": 0, "oracle_right": 0.0, "tied": 0, "tied_oracle_differs": 0}
-    for position, group in enumerate(ordering):
-        for a, b in itertools.combinations(group, 2):
+    out = dict.fromkeys(FIGURES, 0)
+    for pair in pairs_from_ordering(ordering, ties="half"):
+        winner, loser = oracle[pair.winner], oracle[pair.loser]
+        if pair.label == 0.5:
             out["tied"] += 1
-            out["tied_oracle_differs"] += oracle[a] != oracle[b]
-        for lower in ordering[position + 1 :]:
-            for a in group:
-                for b in lower:
-                    out["strict"] += 1
-                    if oracle[a] == oracle[b]:
-                        out["strict_oracle_ties"] += 1
-                        out["oracle_right"] += 0.5
-                    else:
-                        out["oracle_right"] += float(oracle[a] > oracle[b])
+            out["tied_oracle_differs"] += winner != loser
+        else:
+            out["strict"] += 1
+            out["strict_oracle_ties"] += winner == loser
+            out["oracle_right"] += 0.5 if winner == loser else float(winner > loser)
     return out
 
 
@@ -93,13 +91,7 @@ def main() -> None:
                     tie_margin=args.tie_margin,
                     expert_tie_threshold=threshold,
                 )
-                total = {
-                    "strict": 0,
-                    "strict_oracle_ties": 0,
-                    "oracle_right": 0.0,
-                    "tied": 0,
-                    "tied_oracle_differs": 0,
-                }
+                total = dict.fromkeys(FIGURES, 0)
                 for prompt, ids, oracle in groups:
                     for key, value in pair_figures(expert_ranking(config, data, prompt, ids), oracle).items():
                         total[key] += value
